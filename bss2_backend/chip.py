@@ -1,0 +1,267 @@
+"""One emulated BrainScaleS-2 chip: drawn mismatch, temporal noise, readout, weight path, placement."""
+from typing import NamedTuple
+
+import torch
+
+from . import constants as C
+from .mismatch import Mismatch, draw_circuits, draw_rows
+from .noise import Noise, run_seed
+from .parameters import INTEGRATIONS, Calibration, CircuitParams, LIFParams
+from .placement import Allocator, Placement
+from .readout import ReadoutParams
+from .surrogates import Surrogate, as_surrogate
+from .validation import check_choice, check_number
+from .weights import Saturation
+
+STATE_VERSION = 1
+
+
+class CircuitNeurons(NamedTuple):
+    """What was drawn for every neuron circuit, in hardware units (float64 tensors [circuits])."""
+    leak_lsb: torch.Tensor
+    reset_lsb: torch.Tensor
+    threshold_lsb: torch.Tensor
+    tau_mem_us: torch.Tensor
+    tau_syn_exc_us: torch.Tensor
+    tau_syn_inh_us: torch.Tensor
+    refractory_us: torch.Tensor
+    syn_gain: torch.Tensor
+    cadc_offset_lsb: torch.Tensor
+
+
+class LayerParams(NamedTuple):
+    """Everything a layer placed on the chip needs, per logical neuron (model units)."""
+    params: LIFParams           # what the chip integrates (mismatch included)
+    nominal: LIFParams          # the nominal model the gradient sees
+    readout: ReadoutParams
+    gain_exc: torch.Tensor      # [n_out, n_in] fixed-pattern gain of each excitatory synapse
+    gain_inh: torch.Tensor
+
+    def to(self, device=None, dtype=None):
+        return LayerParams(self.params.to(device, dtype), self.nominal.to(device, dtype),
+                           self.readout.to(device, dtype), self.gain_exc.to(device, dtype),
+                           self.gain_inh.to(device, dtype))
+
+
+class Chip:
+    """One emulated BSS-2 chip.
+
+    Args:
+        seed: fixes the drawn mismatch (the same chip on every machine and device) and, with the run
+            counter, the temporal noise of every run.
+        mismatch: "calibrated" | "uncalibrated" | "none" | float sigma_d (every neuron parameter
+            p -> p (1 + sigma_d xi)) | bss2_backend.Mismatch.
+        noise: True (defaults of bss2_backend.Noise) | False | bss2_backend.Noise.
+        strict: True enforces the real chip's limits (512 circuits, 256 signed inputs per neuron);
+            False emulates a larger BSS-2-like substrate with the same per-circuit statistics.
+        quantise: 6-bit weights and 8-bit CADC readout (False only for the ideal model).
+        calibration: calibration targets (bss2_backend.Calibration).
+        weight_scale: software -> hardware weight scale (hardware LSB per model unit).
+        saturation: None or bss2_backend.Saturation for sublinear synaptic input.
+        dt_us: integration step in us of chip time. integration: "euler" | "exact".
+        surrogate: surrogate of the backward (SuperSpike, alpha 50, by default).
+    """
+
+    def __init__(self, seed=0, mismatch="calibrated", noise=True, strict=True, *, quantise=True,
+                 calibration=None, weight_scale=C.DEFAULT_WEIGHT_SCALE, saturation=None,
+                 dt_us=C.DT_US, integration="euler", surrogate=Surrogate()):
+        check_number("seed", seed, low=0, high=2**63 - 1, integer=True)
+        if not isinstance(strict, bool) or not isinstance(quantise, bool):
+            raise TypeError(f"strict and quantise must be bool, got {strict!r}, {quantise!r}")
+        check_number("weight_scale", weight_scale, low=0.0, low_open=True)
+        check_number("dt_us", dt_us, low=0.0, low_open=True)
+        check_choice("integration", integration, INTEGRATIONS)
+        if saturation is not None and not isinstance(saturation, Saturation):
+            raise TypeError(f"saturation must be None or a bss2_backend.Saturation, got {saturation!r}")
+        calibration = Calibration() if calibration is None else calibration
+        if not isinstance(calibration, Calibration):
+            raise TypeError(f"calibration must be a bss2_backend.Calibration, got {calibration!r}")
+        self.seed = int(seed)
+        self.mismatch = Mismatch.from_spec(mismatch)
+        self.noise = Noise.from_spec(noise)
+        self.strict = strict
+        self.quantise = quantise
+        self.calibration = calibration
+        self.weight_scale = float(weight_scale)
+        self.saturation = saturation
+        self.dt_us = float(dt_us)
+        self.integration = integration
+        self.surrogate = as_surrogate(surrogate)
+        self.runs = 0
+        self._allocator = Allocator(strict)
+        self._placements = {}
+        self._circuits = None
+        self._rows = None
+        self._cache = {}
+        self._grow(C.NEURON_CIRCUITS, C.SYNAPSE_ARRAYS * C.SYNAPSE_ROWS)
+
+    @classmethod
+    def ideal(cls, **kwargs):
+        """No mismatch, no noise, no quantisation: the nominal model (hxtorch's "mock" mode)."""
+        kwargs.setdefault("strict", False)
+        return cls(mismatch="none", noise=False, quantise=False, **kwargs)
+
+    @property
+    def is_ideal(self):
+        return self.mismatch.is_zero and self.noise.is_zero and not self.quantise
+
+    # --- drawn fixed pattern ---------------------------------------------------------------------
+    def _grow(self, circuits, rows):
+        have = 0 if self._circuits is None else len(self._circuits.leak_lsb)
+        if circuits > have:
+            d = draw_circuits(self.seed, self.mismatch, self.calibration, circuits - have, start=have)
+            new = CircuitNeurons(d["leak"], d["reset"], d["threshold"], d["tau_mem"],
+                                 d["tau_syn_exc"], d["tau_syn_inh"], d["refractory"],
+                                 d["syn_gain"], d["cadc_offset"])
+            self._circuits = new if self._circuits is None else CircuitNeurons(
+                *(torch.cat([a, b]) for a, b in zip(self._circuits, new)))
+        have_rows = 0 if self._rows is None else len(self._rows)
+        if rows > have_rows:
+            new = draw_rows(self.seed, self.mismatch, rows - have_rows, start=have_rows)
+            self._rows = new if self._rows is None else torch.cat([self._rows, new])
+
+    @property
+    def neurons(self):
+        """CircuitNeurons: the drawn parameters of every circuit, hardware units (for plotting)."""
+        return self._circuits
+
+    @property
+    def synapse_rows(self):
+        """Relative strength of every synapse row (driver), float64 [rows]."""
+        return self._rows
+
+    @property
+    def placements(self):
+        return dict(self._placements)
+
+    # --- placement -------------------------------------------------------------------------------
+    def place(self, name, n_in, n_out, circuits_per_neuron=None):
+        """Place a layer of n_out logical neurons with n_in signed inputs; idempotent per name."""
+        if name in self._placements:
+            p = self._placements[name]
+            if (p.n_in, p.n_out) != (n_in, n_out):
+                raise ValueError(f"layer {name!r} is already placed with n_in={p.n_in}, "
+                                 f"n_out={p.n_out}; got n_in={n_in}, n_out={n_out}")
+            return p
+        p = self._allocator.allocate(name, n_in, n_out, circuits_per_neuron)
+        self._placements[name] = p
+        self._grow(max(max(c) for c in p.circuits) + 1, int(p.rows()[1].max()) + 1)
+        return p
+
+    def layer_params(self, placement, device=None, dtype=torch.float32):
+        """LayerParams for a placed layer, cached per device and dtype."""
+        key = (placement.name, str(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._layer_params(placement).to(device, dtype)
+        return self._cache[key]
+
+    def _layer_params(self, p):
+        circ = p.circuit_matrix()                       # [n_out, k]
+        c, first = self._circuits, circ[:, 0]
+        tau = lambda x: p.circuits_per_neuron / (1.0 / x[circ]).sum(1)
+        physical = CircuitParams(
+            leak_lsb=c.leak_lsb[circ].mean(1), reset_lsb=c.reset_lsb[first],
+            threshold_lsb=c.threshold_lsb[first], tau_mem_us=tau(c.tau_mem_us),
+            tau_syn_exc_us=tau(c.tau_syn_exc_us), tau_syn_inh_us=tau(c.tau_syn_inh_us),
+            refractory_us=c.refractory_us[first])
+        chip = physical.discretize(self.calibration, self.dt_us, self.integration)
+        nominal = CircuitParams.nominal(p.n_out, self.calibration).discretize(
+            self.calibration, self.dt_us, self.integration)
+        readout = ReadoutParams(c.cadc_offset_lsb[first], self.noise.readout_lsb, self.quantise,
+                                self.calibration.unit_lsb, self.calibration.leak_lsb)
+        serving = p.serving_circuit()
+        row_exc, row_inh = p.rows()
+        gain = c.syn_gain[serving]
+        return LayerParams(chip, nominal, readout, gain * self._rows[row_exc],
+                           gain * self._rows[row_inh])
+
+    # --- temporal noise --------------------------------------------------------------------------
+    def next_seed(self):
+        """Seed for the next run of a layer; advances the run counter."""
+        s = run_seed(self.seed, self.runs)
+        self.runs += 1
+        return s
+
+    # --- save / load -----------------------------------------------------------------------------
+    def config(self):
+        return {"seed": self.seed, "mismatch": self.mismatch.as_dict(),
+                "noise": {"readout_lsb": self.noise.readout_lsb,
+                          "membrane_lsb": self.noise.membrane_lsb},
+                "strict": self.strict, "quantise": self.quantise,
+                "calibration": self.calibration.as_dict(), "weight_scale": self.weight_scale,
+                "saturation": None if self.saturation is None else
+                {"exc": self.saturation.exc, "inh": self.saturation.inh},
+                "dt_us": self.dt_us, "integration": self.integration,
+                "surrogate": {"kind": self.surrogate.kind, "alpha": self.surrogate.alpha}}
+
+    def state_dict(self):
+        return {"version": STATE_VERSION, "config": self.config(), "runs": self.runs,
+                "placements": [p.as_dict() for p in self._placements.values()],
+                "neurons": self._circuits._asdict(), "synapse_rows": self._rows}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a bss2_backend chip state (expected version {STATE_VERSION})")
+        cfg = dict(state["config"])
+        chip = cls(seed=cfg["seed"], mismatch=Mismatch(**cfg["mismatch"]), noise=Noise(**cfg["noise"]),
+                   strict=cfg["strict"], quantise=cfg["quantise"],
+                   calibration=Calibration(**cfg["calibration"]), weight_scale=cfg["weight_scale"],
+                   saturation=None if cfg["saturation"] is None else Saturation(**cfg["saturation"]),
+                   dt_us=cfg["dt_us"], integration=cfg["integration"],
+                   surrogate=Surrogate(**cfg["surrogate"]))
+        for d in state["placements"]:
+            p = Placement.from_dict(d)
+            chip._allocator.used.update(c for group in p.circuits for c in group)
+            chip._placements[p.name] = p
+            chip._grow(max(max(c) for c in p.circuits) + 1, int(p.rows()[1].max()) + 1)
+        chip.runs = int(state["runs"])
+        for name, saved in state["neurons"].items():
+            if not torch.equal(getattr(chip._circuits, name)[:len(saved)], saved):
+                raise ValueError(f"chip state is inconsistent: neurons.{name} differs from what "
+                                 f"seed {chip.seed} draws (saved by another version?)")
+        return chip
+
+    def load_state_dict(self, state):
+        other = Chip.from_state_dict(state)
+        self.__dict__.update(other.__dict__)
+
+    def __eq__(self, other):
+        return isinstance(other, Chip) and self.config() == other.config() and \
+            torch.equal(self._rows[:C.SYNAPSE_ARRAYS * C.SYNAPSE_ROWS],
+                        other._rows[:C.SYNAPSE_ARRAYS * C.SYNAPSE_ROWS])
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        kind = "ideal" if self.is_ideal else f"mismatch={self.mismatch_label()}"
+        return (f"Chip(seed={self.seed}, {kind}, noise={not self.noise.is_zero}, "
+                f"strict={self.strict}, placed={sum(p.n_out * p.circuits_per_neuron for p in self._placements.values())} circuits)")
+
+    def mismatch_label(self):
+        m = self.mismatch
+        for name in ("calibrated", "uncalibrated", "none"):
+            if m == Mismatch.preset(name):
+                return name
+        vals = set(getattr(m, f) for f in ("leak", "reset", "threshold", "tau_mem", "tau_syn_exc",
+                                            "tau_syn_inh", "syn_gain"))
+        if len(vals) == 1 and m.refractory == m.row_gain == m.cadc_offset_lsb == 0:
+            return f"sigma_d={vals.pop():g}"
+        return "custom"
+
+    def summary(self):
+        """Per-parameter statistics of the drawn circuits (the first chip's 512)."""
+        n = C.NEURON_CIRCUITS
+        out = {}
+        for name, t in self._circuits._asdict().items():
+            t = t[:n]
+            out[name] = {"mean": float(t.mean()), "std": float(t.std()), "min": float(t.min()),
+                         "max": float(t.max())}
+        r = self._rows[:C.SYNAPSE_ARRAYS * C.SYNAPSE_ROWS]
+        out["row_gain"] = {"mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()),
+                           "max": float(r.max())}
+        lif = CircuitParams(*(getattr(self._circuits, f)[:n] for f in CircuitParams._fields))
+        v_leak = (lif.leak_lsb - self.calibration.leak_lsb) / self.calibration.unit_lsb
+        v_th = (lif.threshold_lsb - self.calibration.leak_lsb) / self.calibration.unit_lsb
+        out["tonic_circuits"] = int((v_leak > v_th).sum())   # leak above threshold: fires on its own
+        return out

@@ -1,0 +1,257 @@
+"""Reference dynamics in plain PyTorch, time-major [T, B, N]: the twin every fused kernel must match.
+
+Forward integrates the chip's model (bss2_backend.parameters) with per-neuron parameter vectors,
+refractory counter, hard reset, membrane noise and the CADC readout, and returns what the host
+records: spikes z and the read membrane u (sampled before the reset of the same step).
+
+Backward is the in-the-loop rule of Cramer et al. (2022): the gradient of the NOMINAL model's
+linear dynamics, with the surrogate evaluated at the OBSERVED membrane u against the nominal
+threshold, no gradient through the reset (nor through a refractory clamp), straight-through the
+readout quantisation. It is one hand-written reverse sweep over time, so the CPU path builds no
+per-step autograd graph. The derivation is in bss2_backend/DYNAMICS.md.
+"""
+import os
+from typing import NamedTuple, Optional
+
+import torch
+
+from .parameters import LIFParams
+from .readout import ReadoutParams, read_membrane
+from .surrogates import Surrogate, as_surrogate
+from .validation import check_choice, check_number, check_tensor
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+class Recurrence(NamedTuple):
+    """Recurrent synapses: z[t-1] -> input of step t. weight: float [N, N] the gradient sees
+    (row = postsynaptic); exc, inh: the non-negative effective weights the chip realises."""
+    weight: torch.Tensor
+    exc: torch.Tensor
+    inh: torch.Tensor
+
+
+def resolve_backend(backend, device):
+    """'auto' -> 'triton' for CUDA tensors, 'torch' otherwise; never a silent switch."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend='triton' needs CUDA tensors (got device {device}), or "
+                         f"TRITON_INTERPRET=1 set before bss2_backend is imported to run the Triton "
+                         f"interpreter on the CPU; use backend='torch' or 'auto' for the CPU path")
+    return backend
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_noise_lsb=0.0, seed=0,
+                spiking=True):
+    """Chip forward without autograd. Returns (z, u, free) in the compute dtype; free is the bool
+    mask of steps whose membrane was not held by the refractory clamp (None when not spiking)."""
+    T, B, N = x_exc.shape
+    dt = _compute_dtype(x_exc.dtype)
+    dev = x_exc.device
+    p = params.to(dev, dt)
+    ro = readout.to(dev, dt)
+    rec_e = rec_i = None
+    if recurrence is not None:
+        rec_e, rec_i = recurrence.exc.to(dev, dt).t(), recurrence.inh.to(dev, dt).t()
+    noisy = membrane_noise_lsb > 0 or ro.noise_lsb > 0
+    gen = torch.Generator(device=dev).manual_seed(int(seed)) if noisy else None
+    sigma_m = membrane_noise_lsb / ro.unit_lsb
+
+    v = p.v_leak.expand(B, N).clone()
+    i_e = torch.zeros(B, N, dtype=dt, device=dev)
+    i_i = torch.zeros(B, N, dtype=dt, device=dev)
+    ref = torch.zeros(B, N, dtype=torch.int32, device=dev)
+    z_prev = torch.zeros(B, N, dtype=dt, device=dev)
+    z_out = torch.empty(T, B, N, dtype=dt, device=dev)
+    u_out = torch.empty(T, B, N, dtype=dt, device=dev)
+    free_out = torch.empty(T, B, N, dtype=torch.bool, device=dev) if spiking else None
+    keep_e, keep_i = 1.0 - p.a_syn_exc, 1.0 - p.a_syn_inh
+    for t in range(T):
+        x_e = x_exc[t].to(dt)
+        x_i = x_inh[t].to(dt) if x_inh is not None else None
+        if rec_e is not None:
+            x_e = x_e + z_prev @ rec_e
+            x_i = z_prev @ rec_i if x_i is None else x_i + z_prev @ rec_i
+        v = v + p.a_mem * ((p.v_leak - v) + (i_e - i_i))
+        if membrane_noise_lsb > 0:
+            v = v + sigma_m * torch.randn(B, N, generator=gen, dtype=dt, device=dev)
+        i_e = i_e * keep_e + x_e
+        if x_i is not None:
+            i_i = i_i * keep_i + x_i
+        noise = ro.noise_lsb * torch.randn(B, N, generator=gen, dtype=dt, device=dev) \
+            if ro.noise_lsb > 0 else None
+        if spiking:
+            held = ref > 0
+            v = torch.where(held, p.v_reset, v)
+            z = (v > p.v_th) & ~held
+            u_out[t] = read_membrane(v, ro, noise)
+            z_out[t] = z
+            free_out[t] = ~held
+            v = torch.where(z, p.v_reset, v)
+            ref = torch.where(z, p.ref_steps, torch.clamp(ref - 1, min=0))
+            z_prev = z.to(dt)
+        else:
+            u_out[t] = read_membrane(v, ro, noise)
+    if not spiking:
+        z_out.zero_()
+    return z_out, u_out, free_out
+
+
+def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, has_inh=True,
+                 spiking=True):
+    """Reverse-time sweep of the nominal model. Returns (g_exc, g_inh, g_w_rec)."""
+    T, B, N = u.shape
+    dt, dev = u.dtype, u.device
+    p = nominal.to(dev, dt)
+    keep_m, keep_e, keep_i = 1.0 - p.a_mem, 1.0 - p.a_syn_exc, 1.0 - p.a_syn_inh
+    g_exc = torch.empty(T, B, N, dtype=dt, device=dev)
+    g_inh = torch.empty(T, B, N, dtype=dt, device=dev) if has_inh else None
+    lam_v = torch.zeros(B, N, dtype=dt, device=dev)
+    lam_e = torch.zeros(B, N, dtype=dt, device=dev)
+    lam_i = torch.zeros(B, N, dtype=dt, device=dev)
+    g_z = None if g_z is None else g_z.to(dt)
+    g_u = None if g_u is None else g_u.to(dt)
+    w_pos = w_neg = None
+    if recurrence is not None:
+        w = recurrence.weight.to(dev, dt)
+        w_pos, w_neg = torch.clamp(w, min=0), torch.clamp(-w, min=0)
+    gz_rec = None
+    for t in range(T - 1, -1, -1):
+        g_exc[t] = lam_e
+        if has_inh:
+            g_inh[t] = lam_i
+        g = g_u[t].clone() if g_u is not None else torch.zeros(B, N, dtype=dt, device=dev)
+        if spiking:
+            gz = g_z[t] if g_z is not None else None
+            if gz_rec is not None:
+                gz = gz_rec if gz is None else gz + gz_rec
+            if gz is not None:
+                g = g + gz * surrogate.grad(u[t] - p.v_th)
+            g = (g + (1.0 - z[t]) * lam_v) * free[t]
+        else:
+            g = g + lam_v
+        if w_pos is not None:
+            gz_rec = lam_e @ w_pos + lam_i @ w_neg
+        lam_v = keep_m * g
+        lam_e = p.a_mem * g + keep_e * lam_e
+        lam_i = keep_i * lam_i - p.a_mem * g
+    g_w = None
+    if recurrence is not None and T > 1:
+        z_prev = z[:-1].reshape(-1, N)
+        ge = g_exc[1:].reshape(-1, N).t() @ z_prev
+        gi = g_inh[1:].reshape(-1, N).t() @ z_prev
+        g_w = torch.where(recurrence.weight >= 0, ge, -gi).to(recurrence.weight.dtype)
+    elif recurrence is not None:
+        g_w = torch.zeros_like(recurrence.weight)
+    return g_exc, g_inh, g_w
+
+
+class _LIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_exc, x_inh, w_rec, spec):
+        rec = spec["recurrence"]
+        z, u, free = lif_forward(x_exc, x_inh, spec["params"], spec["readout"], recurrence=rec,
+                                 membrane_noise_lsb=spec["membrane_noise_lsb"], seed=spec["seed"],
+                                 spiking=spec["spiking"])
+        ctx.spec = spec
+        ctx.has_inh = x_inh is not None or rec is not None
+        ctx.x_dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
+        ctx.save_for_backward(z, u, free)
+        if not spec["spiking"]:
+            ctx.mark_non_differentiable(z)
+        return z.to(x_exc.dtype), u.to(x_exc.dtype)
+
+    @staticmethod
+    def backward(ctx, g_z, g_u):
+        z, u, free = ctx.saved_tensors
+        spec = ctx.spec
+        rec = spec["recurrence"]
+        g_exc, g_inh, g_w = lif_backward(
+            g_z if spec["spiking"] else None, g_u, z, u, free, spec["nominal"], spec["surrogate"],
+            recurrence=rec, has_inh=ctx.has_inh, spiking=spec["spiking"])
+        g_exc = g_exc.to(ctx.x_dtypes[0])
+        g_inh = g_inh.to(ctx.x_dtypes[1]) if ctx.x_dtypes[1] is not None else None
+        return g_exc, g_inh, g_w, None
+
+
+def _validate(x_exc, x_inh, params, nominal, readout, recurrence):
+    check_tensor("x_exc", x_exc, ndim=3)
+    T, B, N = x_exc.shape
+    if T == 0 or B == 0 or N == 0:
+        raise ValueError(f"x_exc must have T, B, N >= 1, got shape {tuple(x_exc.shape)}")
+    if x_inh is not None:
+        check_tensor("x_inh", x_inh, shape=x_exc.shape)
+        if x_inh.device != x_exc.device:
+            raise ValueError(f"x_inh is on {x_inh.device} but x_exc on {x_exc.device}")
+    if not isinstance(params, LIFParams):
+        raise TypeError(f"params must be a bss2_backend.LIFParams, got {type(params).__name__}")
+    params.validate(N, "params")
+    nominal.validate(N, "nominal")
+    if not isinstance(readout, ReadoutParams):
+        raise TypeError(f"readout must be a bss2_backend.ReadoutParams, got {type(readout).__name__}")
+    check_tensor("readout.offset_lsb", readout.offset_lsb, shape=(N,))
+    if recurrence is not None:
+        for name in ("weight", "exc", "inh"):
+            check_tensor(f"recurrence.{name}", getattr(recurrence, name), shape=(N, N))
+
+
+def cuba_lif(x_exc, x_inh=None, *, params, nominal=None, readout=None, recurrence=None,
+             membrane_noise_lsb=0.0, seed=0, surrogate=Surrogate(), backend="auto"):
+    """Run a population of current-based LIF neurons over all time steps.
+
+    Args:
+        x_exc, x_inh: excitatory / inhibitory input currents [T, B, N] (model units per step);
+            x_inh may be None (no inhibitory input).
+        params: LIFParams the chip integrates (per-neuron vectors, mismatch included).
+        nominal: LIFParams of the nominal model the backward uses (default: params).
+        readout: ReadoutParams of the CADC (default: ideal, the exact membrane).
+        recurrence: optional Recurrence, applied to the previous step's spikes.
+        membrane_noise_lsb: std of the per-step membrane noise (CADC LSB).
+        seed: seed of this run's temporal noise.
+        surrogate: surrogate of the spike's derivative, evaluated at the read membrane.
+        backend: "auto" | "torch" | "triton".
+
+    Returns:
+        (spikes, membrane), both [T, B, N] in the input dtype (state is kept in float32, or float64
+        for float64 inputs); membrane is the read membrane, sampled before the step's reset.
+    """
+    nominal = params if nominal is None else nominal
+    readout = ReadoutParams.ideal(x_exc.shape[-1], device=x_exc.device) \
+        if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3 else readout
+    _validate(x_exc, x_inh, params, nominal, readout, recurrence)
+    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0)
+    return _run(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_lsb, seed,
+                as_surrogate(surrogate), backend, spiking=True)
+
+
+def li(x_exc, x_inh=None, *, params, nominal=None, readout=None, membrane_noise_lsb=0.0, seed=0,
+       backend="auto"):
+    """Leaky-integrator readout (no threshold, no reset): same arguments as cuba_lif; returns the
+    read membrane [T, B, N]."""
+    nominal = params if nominal is None else nominal
+    readout = ReadoutParams.ideal(x_exc.shape[-1], device=x_exc.device) \
+        if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3 else readout
+    _validate(x_exc, x_inh, params, nominal, readout, None)
+    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0)
+    return _run(x_exc, x_inh, params, nominal, readout, None, membrane_noise_lsb, seed,
+                Surrogate(), backend, spiking=False)[1]
+
+
+def _run(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_lsb, seed, surrogate,
+         backend, spiking):
+    backend = resolve_backend(backend, x_exc.device)
+    if backend == "triton":
+        from .kernels import dispatch  # imported lazily: the torch path never touches Triton
+        return dispatch.run_lif(x_exc, x_inh, params, nominal, readout, recurrence,
+                                membrane_noise_lsb, seed, surrogate, spiking)
+    spec = {"params": params, "nominal": nominal, "readout": readout, "recurrence": recurrence,
+            "membrane_noise_lsb": float(membrane_noise_lsb), "seed": int(seed),
+            "surrogate": surrogate, "spiking": spiking}
+    w_rec = recurrence.weight if recurrence is not None else None
+    return _LIF.apply(x_exc, x_inh, w_rec, spec)

@@ -1,0 +1,109 @@
+"""Layers placed on an emulated chip: synapse array + neuron population, time-major [T, B, features].
+
+    chip = Chip(seed=1)
+    hidden = LIFLayer(chip, 256, 246)      # placed on 492 circuits
+    readout = LILayer(chip, 246, 10)       # the remaining 20
+    z, u = hidden(spikes)                  # spikes [T, B, 256] -> z, u [T, B, 246]
+    out = readout(z)                       # [T, B, 10]
+
+Forward runs the chip (mismatch, noise, 6-bit weights, CADC readout); backward is the in-the-loop
+rule (bss2_backend.dynamics).
+"""
+import math
+
+import torch
+from torch import nn
+
+from .dynamics import Recurrence, cuba_lif, li
+from .validation import check_tensor
+from .weights import chip_weights, synapses
+
+
+class _ChipLayer(nn.Module):
+    kind = "layer"
+
+    def __init__(self, chip, in_features, out_features, *, name=None, circuits_per_neuron=None,
+                 weight_init=None, backend="auto"):
+        super().__init__()
+        from .chip import Chip
+        if not isinstance(chip, Chip):
+            raise TypeError(f"chip must be a bss2_backend.Chip, got {type(chip).__name__}")
+        self.chip = chip
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.name = name or f"{self.kind}{len(chip.placements)}"
+        self.backend = backend
+        self.placement = chip.place(self.name, self._chip_inputs(), self.out_features,
+                                    circuits_per_neuron)
+        # hxtorch-like init: uniform with the spread of nn.Linear, times a gain suited to 1/45 units
+        bound = (weight_init or 1.0) / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+
+    def _chip_inputs(self):
+        return self.in_features
+
+    def _weights(self, weight, columns):
+        """Nominal weight the gradient sees, and the chip's effective (exc, inh) weights."""
+        chip = self.chip
+        lp = chip.layer_params(self.placement, weight.device, weight.dtype)
+        ge, gi = lp.gain_exc[:, columns], lp.gain_inh[:, columns]
+        exc, inh = chip_weights(weight, ge, gi, chip.weight_scale, chip.quantise)
+        if chip.quantise:
+            limit = 63.0 / chip.weight_scale
+            weight = weight.clamp(-limit, limit)
+        return weight, exc, inh, lp
+
+    def _input_currents(self, spikes):
+        check_tensor("spikes", spikes, ndim=3)
+        if spikes.shape[-1] != self.in_features:
+            raise ValueError(f"spikes must have {self.in_features} features (last dim), got shape "
+                             f"{tuple(spikes.shape)}")
+        w, exc, inh, lp = self._weights(self.weight, slice(0, self.in_features))
+        x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation)
+        return x_exc, x_inh, lp
+
+    def extra_repr(self):
+        p = self.placement
+        return (f"{self.in_features} -> {self.out_features}, name={self.name!r}, "
+                f"circuits_per_neuron={p.circuits_per_neuron}")
+
+
+class LIFLayer(_ChipLayer):
+    """Synapses + leaky integrate-and-fire neurons on the chip. Optional recurrent synapses
+    (recurrent=True): the previous step's spikes feed back through the chip's weight path."""
+    kind = "lif"
+
+    def __init__(self, chip, in_features, out_features, *, recurrent=False, **kwargs):
+        self.recurrent = recurrent
+        super().__init__(chip, in_features, out_features, **kwargs)
+        if recurrent:
+            bound = 1.0 / math.sqrt(out_features)
+            self.weight_rec = nn.Parameter(
+                torch.empty(out_features, out_features).uniform_(-bound, bound))
+
+    def _chip_inputs(self):
+        return self.in_features + (self.out_features if self.recurrent else 0)
+
+    def forward(self, spikes):
+        """spikes [T, B, in_features] -> (spikes, read membrane), each [T, B, out_features]."""
+        x_exc, x_inh, lp = self._input_currents(spikes)
+        recurrence = None
+        if self.recurrent:
+            cols = slice(self.in_features, self.in_features + self.out_features)
+            w, exc, inh, _ = self._weights(self.weight_rec, cols)
+            recurrence = Recurrence(w, exc, inh)
+        return cuba_lif(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
+                        recurrence=recurrence, membrane_noise_lsb=self.chip.noise.membrane_lsb,
+                        seed=self.chip.next_seed(), surrogate=self.chip.surrogate,
+                        backend=self.backend)
+
+
+class LILayer(_ChipLayer):
+    """Synapses + leaky integrators (no threshold): the readout of the paper's networks."""
+    kind = "li"
+
+    def forward(self, spikes):
+        """spikes [T, B, in_features] -> read membrane [T, B, out_features]."""
+        x_exc, x_inh, lp = self._input_currents(spikes)
+        return li(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
+                  membrane_noise_lsb=self.chip.noise.membrane_lsb, seed=self.chip.next_seed(),
+                  backend=self.backend)

@@ -1,0 +1,46 @@
+"""Temporal noise: redrawn on every run, reproducible from the chip seed and its run counter.
+
+Two sources, both Gaussian and in CADC LSB:
+- readout: added to the membrane before the CADC quantises it (~2 LSB, hagen-mode measurement);
+- membrane: added to the membrane every integration step before the threshold test, so it jitters
+  spike times ([U] magnitude: trial-to-trial spread of spiking traces is ~1.5-2 LSB in total).
+"""
+from dataclasses import dataclass
+
+from .validation import check_number
+
+MAX_NOISE_LSB = 50.0
+
+
+@dataclass(frozen=True)
+class Noise:
+    readout_lsb: float = 2.0
+    membrane_lsb: float = 0.5
+
+    def __post_init__(self):
+        check_number("Noise.readout_lsb", self.readout_lsb, low=0.0, high=MAX_NOISE_LSB)
+        check_number("Noise.membrane_lsb", self.membrane_lsb, low=0.0, high=MAX_NOISE_LSB)
+
+    @classmethod
+    def from_spec(cls, spec):
+        if spec is True:
+            return cls()
+        if spec is False or spec is None:
+            return cls(0.0, 0.0)
+        if isinstance(spec, Noise):
+            return spec
+        raise TypeError(f"noise must be True, False or a bss2_backend.Noise; got {spec!r}")
+
+    @property
+    def is_zero(self):
+        return self.readout_lsb == 0 and self.membrane_lsb == 0
+
+
+def run_seed(chip_seed, run):
+    """A 63-bit seed for one run of one layer, from the chip seed and the chip's run counter."""
+    x = (int(chip_seed) * 0x9E3779B97F4A7C15 + int(run) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB)
+    x &= (1 << 64) - 1
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
+    x ^= x >> 32
+    return x & ((1 << 31) - 1)

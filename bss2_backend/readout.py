@@ -1,0 +1,56 @@
+"""CADC membrane readout: model units -> 8-bit code (offset, noise, rounding, rail clipping) -> model units.
+
+    code = clamp(floor(v * unit_lsb + zero_lsb + offset_lsb + noise_lsb * xi + 1/2), 0, 255)
+    read = (code - zero_lsb) * (1 / unit_lsb)
+
+with unit_lsb = threshold - leak in LSB (45 at the calix targets) and zero_lsb the leak target (80).
+The ADC clips at its rails, so membranes below -zero/unit or above (255 - zero)/unit model units
+read as the rail: that clipping is the chip's, and the only one applied here.
+"""
+from typing import NamedTuple
+
+import torch
+
+from . import constants as C
+
+
+class ReadoutParams(NamedTuple):
+    """offset_lsb: per-channel offset [N] (LSB); noise_lsb: std of the readout noise (LSB);
+    quantise: False reads the membrane exactly (the ideal model); unit_lsb, zero_lsb: calibration."""
+    offset_lsb: torch.Tensor
+    noise_lsb: float = 0.0
+    quantise: bool = True
+    unit_lsb: float = C.MODEL_UNIT_LSB
+    zero_lsb: float = C.LEAK_TARGET_LSB
+
+    @classmethod
+    def ideal(cls, n, dtype=torch.float32, device=None):
+        return cls(torch.zeros(n, dtype=dtype, device=device), 0.0, False)
+
+    def to(self, device=None, dtype=None):
+        return self._replace(offset_lsb=self.offset_lsb.to(device=device, dtype=dtype))
+
+    @property
+    def is_ideal(self):
+        return not self.quantise and self.noise_lsb == 0 and not bool(self.offset_lsb.any())
+
+
+def cadc_code(v, offset_lsb, noise=None, unit_lsb=C.MODEL_UNIT_LSB, zero_lsb=C.LEAK_TARGET_LSB):
+    """Membrane (model units) -> CADC code (float tensor of integers 0..255)."""
+    x = v * unit_lsb + zero_lsb + offset_lsb
+    if noise is not None:
+        x = x + noise
+    return torch.clamp(torch.floor(x + 0.5), C.CADC_MIN, C.CADC_MAX)
+
+
+def code_to_model(code, unit_lsb=C.MODEL_UNIT_LSB, zero_lsb=C.LEAK_TARGET_LSB):
+    return (code - zero_lsb) * (1.0 / unit_lsb)
+
+
+def read_membrane(v, readout, noise=None):
+    """What the host sees of membrane `v` through `readout` (noise: pre-scaled LSB tensor or None)."""
+    if not readout.quantise:
+        x = v + readout.offset_lsb * (1.0 / readout.unit_lsb)
+        return x if noise is None else x + noise * (1.0 / readout.unit_lsb)
+    code = cadc_code(v, readout.offset_lsb, noise, readout.unit_lsb, readout.zero_lsb)
+    return code_to_model(code, readout.unit_lsb, readout.zero_lsb)

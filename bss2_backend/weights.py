@@ -1,0 +1,117 @@
+"""Weight path software -> chip, and the synapse array as a layer's input current.
+
+    w_hw = round_half_away(clamp(scale * w, -63, 63))          (6-bit magnitude, sign = exc/inh row)
+    exc  = max(w_hw, 0) * gain_exc / scale,  inh = max(-w_hw, 0) * gain_inh / scale   (model units)
+    x_exc[t] = s[t] @ exc^T,  x_inh[t] = s[t] @ inh^T            (s: presynaptic spikes)
+
+gain_* [N_out, N_in] hold the fixed-pattern gains of the circuit and row each synapse uses
+(ones on an ideal chip). An optional saturation maps x -> x_sat * tanh(x / x_sat) per step, since
+real synaptic input grows sublinearly (inhibition saturates earlier). The clamp to +-63 is the
+chip's: weights beyond it are clipped, and their gradient is zero there, as for any clamp.
+
+Backward (the in-the-loop rule): currents are recomputed from the recorded presynaptic spikes and
+the float weights, with a straight-through rounding, so neither quantisation nor gains nor
+saturation are visible to the gradient.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from . import constants as C
+from .validation import check_number
+
+
+def round_half_away(x):
+    """Round to nearest, ties away from zero (the hardware's conversion), unlike torch.round."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+class _ToHardware(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, scale):
+        scaled = scale * w
+        ctx.save_for_backward(scaled)
+        ctx.scale = scale
+        return round_half_away(torch.clamp(scaled, C.WEIGHT_MIN_SIGNED, C.WEIGHT_MAX))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scaled,) = ctx.saved_tensors
+        inside = (scaled >= C.WEIGHT_MIN_SIGNED) & (scaled <= C.WEIGHT_MAX)
+        return grad * inside * ctx.scale, None
+
+
+def to_hardware(w, scale=C.DEFAULT_WEIGHT_SCALE):
+    """Float weights (model units) -> signed 6-bit hardware weights; straight-through gradient."""
+    check_number("scale", scale, low=0.0, low_open=True)
+    return _ToHardware.apply(w, float(scale))
+
+
+def quantize(w, scale=C.DEFAULT_WEIGHT_SCALE):
+    """The weight the chip realises, back in model units: to_hardware(w) / scale."""
+    return to_hardware(w, scale) / scale
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """Saturating synaptic input, x -> x_sat * tanh(x / x_sat), per step; model units ([U] magnitudes)."""
+    exc: float = 4.0
+    inh: float = 2.0
+
+    def __post_init__(self):
+        check_number("Saturation.exc", self.exc, low=0.0, low_open=True)
+        check_number("Saturation.inh", self.inh, low=0.0, low_open=True)
+
+
+def _saturate(x, x_sat):
+    return x_sat * torch.tanh(x / x_sat)
+
+
+class _Synapses(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spikes, weight, exc, inh, saturation):
+        flat = spikes.reshape(-1, spikes.shape[-1])
+        x_exc = (flat @ exc.t()).reshape(*spikes.shape[:-1], -1)
+        x_inh = (flat @ inh.t()).reshape(*spikes.shape[:-1], -1)
+        if saturation is not None:
+            x_exc, x_inh = _saturate(x_exc, saturation.exc), _saturate(x_inh, saturation.inh)
+        ctx.save_for_backward(spikes, weight)
+        return x_exc, x_inh
+
+    @staticmethod
+    def backward(ctx, g_exc, g_inh):
+        spikes, weight = ctx.saved_tensors
+        # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
+        s = spikes.reshape(-1, spikes.shape[-1])
+        ge = g_exc.reshape(-1, g_exc.shape[-1]) if g_exc is not None else None
+        gi = g_inh.reshape(-1, g_inh.shape[-1]) if g_inh is not None else None
+        pos = weight >= 0
+        g_spikes = g_weight = None
+        if ctx.needs_input_grad[0]:
+            g = torch.zeros_like(s)
+            if ge is not None:
+                g = g + ge @ torch.where(pos, weight, 0)
+            if gi is not None:
+                g = g + gi @ torch.where(pos, 0, -weight)
+            g_spikes = g.reshape(spikes.shape)
+        if ctx.needs_input_grad[1]:
+            g_weight = torch.zeros_like(weight)
+            if ge is not None:
+                g_weight = g_weight + torch.where(pos, ge.t() @ s, 0)
+            if gi is not None:
+                g_weight = g_weight - torch.where(pos, 0, gi.t() @ s)
+        return g_spikes, g_weight, None, None, None
+
+
+def synapses(spikes, weight, exc, inh, saturation=None):
+    """Input currents (x_exc, x_inh) [..., N_out] of presynaptic spikes [..., N_in] through a synapse
+    array. weight: the float weights [N_out, N_in] the gradient sees; exc, inh: the non-negative
+    effective weights [N_out, N_in] the chip realises (see chip_weights)."""
+    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh.to(spikes.dtype), saturation)
+
+
+def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
+    """Effective (exc, inh) weights in model units the chip realises for float `weight`; no grad."""
+    with torch.no_grad():
+        w = to_hardware(weight, scale) / scale if quantise else weight
+        return torch.clamp(w, min=0) * gain_exc, torch.clamp(-w, min=0) * gain_inh

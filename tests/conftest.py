@@ -1,0 +1,29 @@
+"""Test configuration. Without a GPU, Triton kernels run in the interpreter (numpy, sequential
+programs): TRITON_INTERPRET must be set before any @triton.jit function is defined, so here, before
+bss2_backend.kernels is imported by any test. With a GPU the same tests run the compiled kernels."""
+import os
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture
+def shared_data():
+    """../shared/data, or skip (CI and fresh machines may not have it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not available: {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
