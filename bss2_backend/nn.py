@@ -43,6 +43,7 @@ class _ChipLayer(nn.Module):
 
     def _weights(self, weight, columns):
         """Nominal weight the gradient sees, and the chip's effective (exc, inh) weights."""
+        check_tensor(f"{self.name}.weight", weight, ndim=2)
         chip = self.chip
         lp = chip.layer_params(self.placement, weight.device, weight.dtype)
         ge, gi = lp.gain_exc[:, columns], lp.gain_inh[:, columns]
