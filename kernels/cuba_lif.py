@@ -1,0 +1,389 @@
+"""Fused CUBA-LIF of the chip: every time step in one launch, forward and in-the-loop backward.
+
+Matches bss2_backend.dynamics.lif_forward / lif_backward operation by operation (the derivation,
+memory layout, grid and noise scheme are in kernels/README.md).
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from bss2_backend.surrogates import KINDS
+
+from . import utils
+
+# Rows of the packed float parameter tensors the kernels read ([6, N] chip, [4, N] nominal).
+PARAM_ROWS = ("v_leak", "v_reset", "v_th", "a_mem", "a_syn_exc", "a_syn_inh")
+NOMINAL_ROWS = ("v_th", "a_mem", "a_syn_exc", "a_syn_inh")
+
+
+@triton.jit
+def surrogate_grad(x, alpha, KIND: tl.constexpr):
+    """d z / d u of bss2_backend.surrogates for kind index KIND (order of surrogates.KINDS)."""
+    if KIND == 0:
+        d = alpha * tl.abs(x) + 1.0
+        r = 1.0 / (d * d)
+    elif KIND == 1:
+        y = (alpha * 1.5707963267948966) * x
+        r = (alpha * 0.5) / (1.0 + y * y)
+    elif KIND == 2:
+        s = tl.sigmoid(alpha * x)
+        r = alpha * s * (1.0 - s)
+    elif KIND == 3:
+        r = alpha * tl.maximum(1.0 - alpha * tl.abs(x), 0.0)
+    else:
+        r = tl.full(x.shape, 1.0, x.dtype)
+    return r
+
+
+@triton.jit
+def cuba_lif_fwd_kernel(
+    x_exc, x_inh, par, ref_steps, offset, w_exc_t, w_inh_t,
+    z, u, free,
+    seed, sigma_mem, sigma_read, unit, zero, inv_unit,
+    T, B, N,
+    HAS_INH: tl.constexpr, HAS_REC: tl.constexpr, SPIKING: tl.constexpr,
+    QUANTISE: tl.constexpr, MEM_NOISE: tl.constexpr, READ_NOISE: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    i_n, i_b = tl.program_id(0), tl.program_id(1)
+    o_b = i_b * BB + tl.arange(0, BB)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_b, m_n = o_b < B, o_n < N
+    m_bn = m_b[:, None] & m_n[None, :]
+    # [BB, BN] offsets inside one [B, N] time slice; the slice start is int64 (T*B*N may pass 2^31)
+    o_bn = o_b[:, None] * N + o_n[None, :]
+    DT = par.dtype.element_ty
+
+    b_vleak = tl.load(par + o_n, mask=m_n, other=0.0)[None, :]
+    b_vreset = tl.load(par + N + o_n, mask=m_n, other=0.0)[None, :]
+    b_vth = tl.load(par + 2 * N + o_n, mask=m_n, other=0.0)[None, :]
+    b_amem = tl.load(par + 3 * N + o_n, mask=m_n, other=0.0)[None, :]
+    b_keep_e = 1.0 - tl.load(par + 4 * N + o_n, mask=m_n, other=0.0)[None, :]
+    b_keep_i = 1.0 - tl.load(par + 5 * N + o_n, mask=m_n, other=0.0)[None, :]
+    b_refsteps = tl.load(ref_steps + o_n, mask=m_n, other=0)[None, :]
+    b_off = tl.load(offset + o_n, mask=m_n, other=0.0)[None, :]
+
+    b_v = tl.zeros([BB, BN], dtype=DT) + b_vleak
+    b_ie = tl.zeros([BB, BN], dtype=DT)
+    b_ii = tl.zeros([BB, BN], dtype=DT)
+    b_ref = tl.zeros([BB, BN], dtype=tl.int32)
+    for t in range(T):
+        o_t = tl.cast(t, tl.int64) * B * N
+        b_xe = tl.load(x_exc + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_xi = tl.zeros([BB, BN], dtype=DT)
+        if HAS_INH:
+            b_xi = tl.load(x_inh + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+        if HAS_REC:
+            # z[t-1] @ W^T: the previous step's spikes are re-read from the output this program
+            # wrote (the barrier makes them visible to all its threads); BN covers all N here.
+            b_re = tl.zeros([BB, BN], dtype=DT)
+            b_ri = tl.zeros([BB, BN], dtype=DT)
+            if t > 0:
+                for k in range(0, N, BK):
+                    o_k = k + tl.arange(0, BK)
+                    m_k = o_k < N
+                    # [BB, BK]
+                    b_zk = tl.load(z + o_t - B * N + o_b[:, None] * N + o_k[None, :],
+                                   mask=m_b[:, None] & m_k[None, :], other=0.0)
+                    m_kn = m_k[:, None] & m_n[None, :]
+                    # [BK, BN]
+                    b_we = tl.load(w_exc_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
+                    b_wi = tl.load(w_inh_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
+                    b_re += tl.dot(b_zk, b_we, input_precision="ieee")
+                    b_ri += tl.dot(b_zk, b_wi, input_precision="ieee")
+            b_xe = b_xe + b_re
+            b_xi = b_xi + b_ri
+        b_v = b_v + b_amem * ((b_vleak - b_v) + (b_ie - b_ii))
+        if MEM_NOISE or READ_NOISE:
+            # counter = global element index: the stream does not depend on the block shape
+            b_r0, b_r1, _, _ = tl.randn4x(seed, o_t + o_bn)
+        if MEM_NOISE:
+            b_v = b_v + sigma_mem * b_r0.to(DT)
+        b_ie = b_ie * b_keep_e + b_xe
+        if HAS_INH or HAS_REC:
+            b_ii = b_ii * b_keep_i + b_xi
+        if SPIKING:
+            b_free = b_ref == 0
+            b_v = tl.where(b_free, b_v, b_vreset)
+            b_z = (b_v > b_vth) & b_free
+        if QUANTISE:
+            b_x = b_v * unit + zero + b_off
+            if READ_NOISE:
+                b_x = b_x + sigma_read * b_r1.to(DT)
+            b_code = tl.minimum(tl.maximum(tl.floor(b_x + 0.5), 0.0), 255.0)
+            b_u = (b_code - zero) * inv_unit
+        else:
+            b_u = b_v + b_off * inv_unit
+            if READ_NOISE:
+                b_u = b_u + (sigma_read * b_r1.to(DT)) * inv_unit
+        tl.store(u + o_t + o_bn, b_u.to(DT), mask=m_bn)
+        if SPIKING:
+            tl.store(z + o_t + o_bn, b_z.to(DT), mask=m_bn)
+            tl.store(free + o_t + o_bn, b_free.to(tl.uint8), mask=m_bn)
+            b_v = tl.where(b_z, b_vreset, b_v)
+            b_ref = tl.where(b_z, b_refsteps, tl.maximum(b_ref - 1, 0))
+            if HAS_REC:
+                tl.debug_barrier()
+        else:
+            tl.store(z + o_t + o_bn, tl.zeros([BB, BN], dtype=DT), mask=m_bn)
+
+
+@triton.jit
+def cuba_lif_bwd_kernel(
+    g_z, g_u, z, u, free, nom, w,
+    g_exc, g_inh,
+    alpha, T, B, N,
+    HAS_GZ: tl.constexpr, HAS_GU: tl.constexpr, HAS_INH: tl.constexpr, HAS_REC: tl.constexpr,
+    SPIKING: tl.constexpr, KIND: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    i_n, i_b = tl.program_id(0), tl.program_id(1)
+    o_b = i_b * BB + tl.arange(0, BB)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_b, m_n = o_b < B, o_n < N
+    m_bn = m_b[:, None] & m_n[None, :]
+    o_bn = o_b[:, None] * N + o_n[None, :]
+    DT = nom.dtype.element_ty
+
+    b_vth = tl.load(nom + o_n, mask=m_n, other=0.0)[None, :]
+    b_amem = tl.load(nom + N + o_n, mask=m_n, other=0.0)[None, :]
+    b_keep_m = 1.0 - b_amem
+    b_keep_e = 1.0 - tl.load(nom + 2 * N + o_n, mask=m_n, other=0.0)[None, :]
+    b_keep_i = 1.0 - tl.load(nom + 3 * N + o_n, mask=m_n, other=0.0)[None, :]
+
+    # adjoints of v, i_exc, i_inh after step t (lambda_{t+1} in README.md)
+    b_lv = tl.zeros([BB, BN], dtype=DT)
+    b_le = tl.zeros([BB, BN], dtype=DT)
+    b_li = tl.zeros([BB, BN], dtype=DT)
+    b_gzrec = tl.zeros([BB, BN], dtype=DT)
+    for i_t in range(T):
+        o_t = tl.cast(T - 1 - i_t, tl.int64) * B * N
+        tl.store(g_exc + o_t + o_bn, b_le, mask=m_bn)
+        if HAS_INH:
+            tl.store(g_inh + o_t + o_bn, b_li, mask=m_bn)
+        b_g = tl.zeros([BB, BN], dtype=DT)
+        if HAS_GU:
+            b_g = tl.load(g_u + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+        if SPIKING:
+            b_zt = tl.load(z + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+            b_free = tl.load(free + o_t + o_bn, mask=m_bn, other=0).to(DT)
+            if HAS_GZ or HAS_REC:
+                b_gz = tl.zeros([BB, BN], dtype=DT)
+                if HAS_GZ:
+                    b_gz = tl.load(g_z + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+                if HAS_REC:
+                    b_gz = b_gz + b_gzrec
+                b_ut = tl.load(u + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+                b_g = b_g + b_gz * surrogate_grad(b_ut - b_vth, alpha, KIND)
+            b_g = (b_g + (1.0 - b_zt) * b_lv) * b_free
+        else:
+            b_g = b_g + b_lv
+        if HAS_REC:
+            # dL/dz[t-1] = lambda_e @ W+ + lambda_i @ W-, with lambda as just stored for step t
+            tl.debug_barrier()
+            b_gzrec = tl.zeros([BB, BN], dtype=DT)
+            for k in range(0, N, BK):
+                o_k = k + tl.arange(0, BK)
+                m_k = o_k < N
+                m_bk = m_b[:, None] & m_k[None, :]
+                # [BB, BK]
+                b_lek = tl.load(g_exc + o_t + o_b[:, None] * N + o_k[None, :], mask=m_bk, other=0.0)
+                b_lik = tl.load(g_inh + o_t + o_b[:, None] * N + o_k[None, :], mask=m_bk, other=0.0)
+                # [BK, BN]: rows postsynaptic, columns presynaptic
+                b_w = tl.load(w + o_k[:, None] * N + o_n[None, :],
+                              mask=m_k[:, None] & m_n[None, :], other=0.0)
+                b_gzrec += tl.dot(b_lek, tl.maximum(b_w, 0.0), input_precision="ieee")
+                b_gzrec += tl.dot(b_lik, tl.maximum(-b_w, 0.0), input_precision="ieee")
+        b_lv = b_keep_m * b_g
+        b_le = b_amem * b_g + b_keep_e * b_le
+        b_li = b_keep_i * b_li - b_amem * b_g
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blocks(B, N, recurrent):
+    """(BB, BN, BK, num_warps). Recurrent: one program owns a batch tile and all N (tl.dot needs
+    tiles >= 16). Feed-forward: independent neurons, tiles sized for occupancy on a GPU and as wide
+    as possible in the interpreter, whose cost grows with the number of programs."""
+    if recurrent:
+        bn = max(16, utils.next_pow2(N))
+        bk = max(16, min(bn, 8192 // bn))
+        return 16, bn, bk, 4 if bn <= 128 else (8 if bn <= 512 else 16)
+    bn = min(utils.next_pow2(N), 128)
+    elems = 1 << 14 if utils.interpreting() else 512
+    bb = min(utils.next_pow2(B), max(1, elems // bn))
+    return bb, bn, 16, 4
+
+
+def _grid(B, N, bb, bn):
+    return (triton.cdiv(N, bn), triton.cdiv(B, bb))
+
+
+def cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_noise_lsb,
+                 readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking):
+    T, B, N = x_exc.shape
+    dt = par.dtype
+    recurrent = w_exc is not None
+    z = utils.alloc((T, B, N), dt, x_exc.device)
+    u = utils.alloc((T, B, N), dt, x_exc.device)
+    free = utils.alloc((T, B, N) if spiking else (0,), torch.uint8, x_exc.device)
+    # W^T so that tiles of z[t-1] @ W^T read contiguous rows
+    w_exc_t = w_exc.t().contiguous() if recurrent else par
+    w_inh_t = w_inh.t().contiguous() if recurrent else par
+    bb, bn, bk, warps = _blocks(B, N, recurrent)
+    cuba_lif_fwd_kernel[_grid(B, N, bb, bn)](
+        x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps, offset, w_exc_t, w_inh_t,
+        z, u, free if spiking else z,
+        seed, membrane_noise_lsb / unit_lsb, readout_noise_lsb, unit_lsb, zero_lsb, 1.0 / unit_lsb,
+        T, B, N,
+        HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking, QUANTISE=quantise,
+        MEM_NOISE=membrane_noise_lsb > 0, READ_NOISE=readout_noise_lsb > 0,
+        BB=bb, BN=bn, BK=bk, num_warps=warps, enable_fp_fusion=False,
+    )
+    return z, u, free
+
+
+def cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
+    T, B, N = u.shape
+    dt = u.dtype
+    recurrent = w is not None
+    if recurrent:
+        w = w.to(dt).contiguous()
+    g_exc = utils.alloc((T, B, N), dt, u.device)
+    g_inh = utils.alloc((T, B, N) if has_inh else (0,), dt, u.device)
+    bb, bn, bk, warps = _blocks(B, N, recurrent)
+    cuba_lif_bwd_kernel[_grid(B, N, bb, bn)](
+        g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
+        free if spiking else z, nom, w if recurrent else nom,
+        g_exc, g_inh if has_inh else g_exc,
+        alpha, T, B, N,
+        HAS_GZ=g_z is not None and spiking, HAS_GU=g_u is not None, HAS_INH=has_inh,
+        HAS_REC=recurrent, SPIKING=spiking, KIND=KINDS.index(kind),
+        BB=bb, BN=bn, BK=bk, num_warps=warps, enable_fp_fusion=False,
+    )
+    return g_exc, g_inh
+
+
+@torch.library.custom_op("bss2::cuba_lif_fwd", mutates_args=())
+def _fwd_op(x_exc: torch.Tensor, x_inh: Optional[torch.Tensor], par: torch.Tensor,
+            ref_steps: torch.Tensor, offset: torch.Tensor, nom: torch.Tensor,
+            w_rec: Optional[torch.Tensor], w_exc: Optional[torch.Tensor],
+            w_inh: Optional[torch.Tensor], membrane_noise_lsb: float, readout_noise_lsb: float,
+            quantise: bool, unit_lsb: float, zero_lsb: float, seed: int, spiking: bool,
+            kind: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_noise_lsb,
+                        readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking)
+
+
+@_fwd_op.register_fake
+def _(x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh, membrane_noise_lsb,
+      readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking, kind, alpha):
+    shape = x_exc.shape
+    free = x_exc.new_empty(shape if spiking else (0,), dtype=torch.uint8)
+    return x_exc.new_empty(shape, dtype=par.dtype), x_exc.new_empty(shape, dtype=par.dtype), free
+
+
+@torch.library.custom_op("bss2::cuba_lif_bwd", mutates_args=())
+def _bwd_op(g_z: Optional[torch.Tensor], g_u: Optional[torch.Tensor], z: torch.Tensor,
+            u: torch.Tensor, free: torch.Tensor, nom: torch.Tensor, w: Optional[torch.Tensor],
+            has_inh: bool, spiking: bool, kind: str, alpha: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    g_z = None if g_z is None else g_z.contiguous()
+    g_u = None if g_u is None else g_u.contiguous()
+    return cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha)
+
+
+@_bwd_op.register_fake
+def _(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
+    return u.new_empty(u.shape), u.new_empty(u.shape if has_inh else (0,))
+
+
+def _setup_context(ctx, inputs, output):
+    x_exc, x_inh, _, _, _, nom, w_rec, w_exc, *_ = inputs
+    spiking, kind, alpha = inputs[-3:]
+    z, u, free = output
+    ctx.save_for_backward(z, u, free, nom, w_rec)
+    ctx.dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
+    ctx.has_inh = x_inh is not None or w_rec is not None
+    ctx.config = (spiking, kind, alpha)
+
+
+def _backward(ctx, g_z, g_u, _g_free):
+    z, u, free, nom, w_rec = ctx.saved_tensors
+    spiking, kind, alpha = ctx.config
+    g_exc, g_inh = _bwd_op(g_z if spiking else None, g_u, z, u, free, nom, w_rec, ctx.has_inh,
+                           spiking, kind, alpha)
+    g_w = None
+    if w_rec is not None:
+        g_w = _recurrent_weight_grad(g_exc, g_inh, z, w_rec)
+    g_x_inh = g_inh.to(ctx.dtypes[1]) if ctx.dtypes[1] is not None else None
+    return (g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None,
+            None, None, None, None, None, None, None, None, None)
+
+
+def _recurrent_weight_grad(g_exc, g_inh, z, w_rec):
+    """dL/dW[post, pre] = sum_{t,b} lambda[t, b, post] z[t-1, b, pre] (exc rows where W >= 0,
+    minus inh where W < 0): one GEMM per sign over all T*B rows, after the reverse sweep."""
+    T, B, N = z.shape
+    if T == 1:
+        return torch.zeros_like(w_rec)
+    z_prev = z[:-1].reshape(-1, N)
+    ge = g_exc[1:].reshape(-1, N).t() @ z_prev
+    gi = g_inh[1:].reshape(-1, N).t() @ z_prev
+    return torch.where(w_rec >= 0, ge, -gi).to(w_rec.dtype)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def pack_params(params, dtype):
+    """LIFParams -> ([6, N] float, [N] int32) in the order the forward kernel reads."""
+    par = torch.stack([getattr(params, f).to(dtype) for f in PARAM_ROWS]).contiguous()
+    return par, params.ref_steps.to(torch.int32).contiguous()
+
+
+def pack_nominal(nominal, dtype):
+    return torch.stack([getattr(nominal, f).to(dtype) for f in NOMINAL_ROWS]).contiguous()
+
+
+def fused_cuba_lif(x_exc, x_inh, params, nominal, readout, recurrence=None, membrane_noise_lsb=0.0,
+                   seed=0, surrogate_kind="superspike", surrogate_alpha=50.0, spiking=True):
+    """Chip CUBA-LIF (or LI readout with spiking=False) in two fused Triton kernels.
+
+    Args:
+        x_exc, x_inh: input currents [T, B, N] (model units per step), any float dtype; x_inh may
+            be None. Made contiguous here.
+        params, nominal: bss2_backend.LIFParams the chip integrates / the backward's nominal model.
+        readout: bss2_backend.ReadoutParams (CADC offset [N], noise, quantisation).
+        recurrence: optional bss2_backend.Recurrence (weight [N, N] seen by the gradient; exc, inh
+            the chip's non-negative effective weights), applied to z[t-1].
+        membrane_noise_lsb: std of the per-step membrane noise (CADC LSB).
+        seed: seed of the counter-based noise (same seed, same noise, whatever the block shape).
+        surrogate_kind, surrogate_alpha: a kind of bss2_backend.surrogates.KINDS and its alpha.
+        spiking: False runs the leaky-integrator readout (no threshold, z is all zeros).
+
+    Returns:
+        (spikes, membrane), [T, B, N] in the input dtype; state is float32 (float64 for float64
+        inputs). Differentiable w.r.t. x_exc, x_inh and recurrence.weight (in-the-loop rule).
+    """
+    dt = _compute_dtype(x_exc.dtype)
+    par, ref = pack_params(params, dt)
+    nom = pack_nominal(nominal, dt)
+    w_rec = w_exc = w_inh = None
+    if recurrence is not None:
+        w_rec = recurrence.weight
+        w_exc = recurrence.exc.to(dt).contiguous()
+        w_inh = recurrence.inh.to(dt).contiguous()
+        if not spiking:
+            raise ValueError("recurrence needs spiking=True: a leaky integrator emits no spikes")
+    z, u, _ = _fwd_op(
+        x_exc.contiguous(), None if x_inh is None else x_inh.contiguous(), par, ref,
+        readout.offset_lsb.to(dt).contiguous(), nom, w_rec, w_exc, w_inh,
+        float(membrane_noise_lsb), float(readout.noise_lsb), bool(readout.quantise),
+        float(readout.unit_lsb), float(readout.zero_lsb), int(seed), bool(spiking),
+        str(surrogate_kind), float(surrogate_alpha))
+    return z.to(x_exc.dtype), u.to(x_exc.dtype)
