@@ -1,0 +1,226 @@
+"""Chip mode: an snntorch layer (nn.Linear followed by a neuron) run on an emulated BSS-2 chip.
+
+Mapping (dt = chip.dt_us; the chip's per-step decay equals snntorch's, so a = 1 - beta):
+    beta      -> tau_mem = dt / (1 - beta)   (Euler; -dt / ln(beta) with integration="exact")
+    alpha     -> tau_syn (exc and inh) the same way (Synaptic, RSynaptic); Leaky and RLeaky keep the
+                 chip's calibrated tau_syn: the chip's neuron always has a synaptic current
+    threshold -> the readout scale: chip model units are membrane / threshold, so the membrane the
+                 layer returns is the read membrane times threshold
+    weights   -> model weight = weight * weight_gain, weight_gain = 1 / ((1 - beta) threshold)
+                 (times a_syn for Leaky), so the chip's steady-state membrane equals snntorch's
+                 (membrane / threshold); then the chip's 6-bit weight path
+    reset_mechanism="none" -> the chip's LI readout (no threshold; its spikes are all zero)
+    other resets -> the chip's hard reset to v_reset with its refractory time
+
+The drawn mismatch of every circuit is kept relative to the layer's targets: each circuit's time
+constant is the chip's drawn one times (layer target / chip calibration target).
+"""
+import dataclasses
+import math
+import warnings
+from typing import NamedTuple, Optional
+
+import torch
+
+from bss2_backend.chip import Chip
+from bss2_backend.dynamics import Recurrence, cuba_lif, li
+from bss2_backend.parameters import LIFParams
+from bss2_backend.weights import chip_weights, synapses
+
+
+class ChipMapping(NamedTuple):
+    """snntorch parameters of one neuron module mapped to the chip (shown by repr)."""
+    readout: bool             # LI readout (reset_mechanism="none"): no spikes
+    tau_mem_us: float
+    tau_syn_us: float
+    threshold: float          # snntorch units per chip model unit
+    weight_gain: float        # snntorch weight -> chip model weight
+    recurrent: str            # "none" | "all_to_all" | "one_to_one"
+
+
+class ChipBinding:
+    """A neuron module bound to a chip: its placement and mapped parameters."""
+
+    def __init__(self, chip, placement, mapping, n_in):
+        self.chip, self.placement, self.mapping, self.n_in = chip, placement, mapping, n_in
+        self._cache = {}
+
+    def describe(self):
+        m = self.mapping
+        kind = "LI readout" if m.readout else "CUBA-LIF, hard reset"
+        return (f"chip: {kind}, tau_mem={m.tau_mem_us:.3g} us, tau_syn={m.tau_syn_us:.3g} us, "
+                f"threshold={m.threshold:g} (readout scale), weight_gain={m.weight_gain:.4g}, "
+                f"placed {self.placement.n_out} neurons x {self.placement.circuits_per_neuron} "
+                f"circuits as {self.placement.name!r}")
+
+    def layer_params(self, device, dtype):
+        key = (str(device), dtype)
+        if key not in self._cache:
+            chip, m = self.chip, self.mapping
+            lp = chip.layer_params(self.placement, device, dtype)
+            cal = chip.calibration
+            scale_mem = m.tau_mem_us / cal.tau_mem_us
+            scale_exc = m.tau_syn_us / cal.tau_syn_exc_us
+            scale_inh = m.tau_syn_us / cal.tau_syn_inh_us
+            retarget = lambda p: p._replace(
+                a_mem=_rescale(p.a_mem, scale_mem, chip),
+                a_syn_exc=_rescale(p.a_syn_exc, scale_exc, chip),
+                a_syn_inh=_rescale(p.a_syn_inh, scale_inh, chip))
+            self._cache[key] = lp._replace(params=retarget(lp.params), nominal=retarget(lp.nominal))
+        return self._cache[key]
+
+
+def _rescale(a, factor, chip):
+    """Per-step factor of a time constant multiplied by `factor` (the drawn spread is kept)."""
+    dt = chip.dt_us
+    if chip.integration == "exact":
+        tau = -dt / torch.log1p(-a.clamp(max=1 - 1e-7))
+        return -torch.expm1(-dt / (tau * factor))
+    return (a / factor).clamp(max=1.0)
+
+
+def _tau_us(decay, dt_us, integration):
+    return dt_us / (1.0 - decay) if integration == "euler" else -dt_us / math.log(decay)
+
+
+def _scalar(module, name, where):
+    t = getattr(module, name)
+    t = torch.as_tensor(t).detach().float()
+    if t.numel() != 1 and not bool((t == t.flatten()[0]).all()):
+        raise ValueError(f"{where}: chip mode needs one {name} per layer (the chip's calibration "
+                         f"targets are per layer), got a per-neuron {name} of shape {tuple(t.shape)}")
+    return float(t.flatten()[0])
+
+
+def map_neuron(module, where, chip):
+    """ChipMapping of an snntorch neuron module, or a clear error where the chip cannot do it."""
+    import snntorch as snn
+    from .neurons import supported_kind
+    kind = supported_kind(module)
+    if kind not in ("leaky", "synaptic", "rleaky", "rsynaptic"):
+        raise ValueError(f"{where}: {type(module).__name__} cannot run on the chip; chip mode supports "
+                         f"Leaky, Synaptic, RLeaky and RSynaptic (the chip's CUBA-LIF neuron)")
+    if getattr(module, "inhibition", False):
+        raise ValueError(f"{where}: inhibition=True (winner-take-all firing) has no counterpart on the chip")
+    if getattr(module, "state_quant", False):
+        raise ValueError(f"{where}: state_quant is not supported in chip mode: the chip quantises its "
+                         f"own readout (8-bit CADC)")
+    beta = _scalar(module, "beta", where)
+    threshold = _scalar(module, "threshold", where)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"{where}: beta={beta:g} must lie in [0, 1) on the chip (tau_mem = dt/(1 - beta))")
+    if threshold <= 0:
+        raise ValueError(f"{where}: threshold={threshold:g} must be > 0 in chip mode")
+    cal, dt = chip.calibration, chip.dt_us
+    tau_mem = _tau_us(max(beta, 1e-12), dt, chip.integration) if beta > 0 else dt
+    if kind in ("synaptic", "rsynaptic"):
+        alpha = _scalar(module, "alpha", where)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"{where}: alpha={alpha:g} must lie in [0, 1) on the chip")
+        tau_syn = _tau_us(alpha, dt, chip.integration) if alpha > 0 else dt
+    else:
+        tau_syn = cal.tau_syn_exc_us
+    try:
+        dataclasses.replace(cal, tau_mem_us=tau_mem, tau_syn_exc_us=tau_syn, tau_syn_inh_us=tau_syn)
+    except ValueError as e:
+        raise ValueError(f"{where}: beta={beta:g}" +
+                         (f", alpha={alpha:g}" if kind in ("synaptic", "rsynaptic") else "") +
+                         f" gives tau_mem={tau_mem:.3g} us, tau_syn={tau_syn:.3g} us at dt={dt:g} us, "
+                         f"which the chip cannot be calibrated to ({e})") from None
+    readout = module.reset_mechanism_val.item() == 2
+    a_syn = 1.0 - math.exp(-dt / tau_syn) if chip.integration == "exact" else dt / tau_syn
+    gain = 1.0 / ((1.0 - beta) * threshold)
+    if kind in ("leaky", "rleaky"):
+        gain *= a_syn
+    recurrent = "none"
+    if kind in ("rleaky", "rsynaptic"):
+        if module.all_to_all and not isinstance(getattr(module, "recurrent", None), torch.nn.Linear):
+            raise ValueError(f"{where}: convolutional recurrence (conv2d_channels) has no counterpart "
+                             f"on the chip; use linear_features or all_to_all=False")
+        recurrent = "all_to_all" if module.all_to_all else "one_to_one"
+        if readout:
+            raise ValueError(f"{where}: a recurrent readout (reset_mechanism='none') is not supported "
+                             f"on the chip; the chip's LI readout has no recurrent synapses")
+    return ChipMapping(readout, tau_mem, tau_syn, threshold, gain, recurrent)
+
+
+def chip_warnings(bindings, linears):
+    """One warning per kind of mismatch between the model and the chip, naming the modules."""
+    subtract = [w for w, m in bindings if m.reset_mechanism_val.item() == 0]
+    graded = [w for w, m in bindings if float(torch.as_tensor(m.graded_spikes_factor).float().ne(1).any())]
+    learn = [w for w, m in bindings
+             if any(isinstance(getattr(m, n, None), torch.nn.Parameter)
+                    for n in ("beta", "alpha", "threshold", "graded_spikes_factor"))]
+    biased = [w for w, lin in linears if lin.bias is not None]
+    biased += [f"{w}.recurrent" for w, m in bindings
+               if isinstance(getattr(m, "recurrent", None), torch.nn.Linear) and m.recurrent.bias is not None]
+    if subtract:
+        warnings.warn(f"chip mode: reset_mechanism='subtract' in {', '.join(map(repr, subtract))}: the chip cannot "
+                      f"subtract; it resets the membrane to v_reset (hard reset) and holds it there for "
+                      f"its refractory time", UserWarning, stacklevel=3)
+    if biased:
+        warnings.warn(f"chip mode: the chip has no biases; the bias of {', '.join(map(repr, biased))} is ignored "
+                      f"(build the Linear with bias=False to silence this)", UserWarning, stacklevel=3)
+    if graded:
+        warnings.warn(f"chip mode: graded_spikes_factor != 1 in {', '.join(map(repr, graded))}: the chip's spikes "
+                      f"are binary (0/1)", UserWarning, stacklevel=3)
+    if learn:
+        warnings.warn(f"chip mode: learnable beta/alpha/threshold in {', '.join(map(repr, learn))} stay fixed: they "
+                      f"are the chip's calibration targets, not trained in the loop", UserWarning,
+                      stacklevel=3)
+
+
+def bind(module, linear, where, chip):
+    """Place the layer (linear -> module) on the chip and return its ChipBinding."""
+    if not isinstance(chip, Chip):
+        raise TypeError(f"chip must be a bss2_backend.Chip or None, got {type(chip).__name__}")
+    mapping = map_neuron(module, where, chip)
+    n_in, n_out = linear.in_features, linear.out_features
+    chip_inputs = n_in + (n_out if mapping.recurrent != "none" else 0)
+    placement = chip.place(f"snntorch:{where}", chip_inputs, n_out)
+    return ChipBinding(chip, placement, mapping, n_in)
+
+
+def _model_weights(binding, weight, columns, lp):
+    """Nominal weight the gradient sees and the chip's effective (exc, inh) weights."""
+    chip = binding.chip
+    w = weight * binding.mapping.weight_gain
+    exc, inh = chip_weights(w, lp.gain_exc[:, columns], lp.gain_inh[:, columns], chip.weight_scale,
+                            chip.quantise)
+    if chip.quantise:
+        limit = 63.0 / chip.weight_scale
+        w = w.clamp(-limit, limit)
+    return w, exc, inh
+
+
+def run_layer(binding, linear, module, spikes):
+    """spikes [T, B, n_in] -> (spikes, membrane) [T, B, n_out] in snntorch units, on the chip."""
+    T, B, n_in = spikes.shape
+    if n_in != binding.n_in:
+        raise ValueError(f"layer placed as {binding.placement.name!r} expects {binding.n_in} input "
+                         f"features, got {n_in}")
+    chip, m = binding.chip, binding.mapping
+    dtype = spikes.dtype if spikes.dtype == torch.float64 else torch.float32
+    spikes = spikes.to(dtype)
+    lp = binding.layer_params(spikes.device, dtype)
+    w, exc, inh = _model_weights(binding, linear.weight.to(dtype), slice(0, n_in), lp)
+    x_exc, x_inh = synapses(spikes, w, exc, inh, chip.saturation)
+    noise = chip.noise.membrane_lsb
+    if m.readout:
+        u = li(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
+               membrane_noise_lsb=noise, seed=chip.next_seed())
+        return torch.zeros_like(u), u * m.threshold
+    recurrence = None
+    if m.recurrent != "none":
+        n_out = linear.out_features
+        if m.recurrent == "all_to_all":
+            w_rec = module.recurrent.weight.to(dtype)
+        else:
+            w_rec = torch.diag(torch.as_tensor(module.V, dtype=dtype, device=spikes.device)
+                               .expand(n_out))
+        w_rec, exc_r, inh_r = _model_weights(binding, w_rec, slice(n_in, n_in + n_out), lp)
+        recurrence = Recurrence(w_rec, exc_r, inh_r)
+    z, u = cuba_lif(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
+                    recurrence=recurrence, membrane_noise_lsb=noise, seed=chip.next_seed(),
+                    surrogate=chip.surrogate)
+    return z, u * m.threshold

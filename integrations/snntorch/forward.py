@@ -1,0 +1,190 @@
+"""forward_pass(net, num_steps, data): snntorch's tutorial helper, run over all time steps at once."""
+import numbers
+
+import snntorch
+import snntorch.utils
+import torch
+from torch import nn
+
+from . import chip_mode, fused
+from .convert import CHIP_PASSTHROUGH, convert, is_chip_bound, pending_chip, sequence_of
+from .neurons import supported_kind
+from .notices import notice_once
+
+# stateless layers applied to all steps at once ([T*B, ...])
+TIME_BATCHED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Dropout, nn.Dropout2d,
+                nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ReLU, nn.Sigmoid, nn.Tanh)
+# rank of one step's input for layers that fix it (static [B, ...]; time-major adds one dim)
+STEP_RANK = {nn.Linear: 2, nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
+
+
+def forward_pass(net, num_steps, data):
+    """Run `net` for num_steps steps and record its last layer, as snntorch's tutorial helper does.
+
+    Args:
+        net: an nn.Sequential-style snntorch model (the last module a neuron, usually with
+            init_hidden=True, output=True). Its state is reset first (snntorch.utils.reset), as in
+            the tutorials, and its final state is written back to the neuron modules.
+        num_steps: number of time steps (int >= 1).
+        data: static input fed at every step, [B, ...] (the tutorial's `net(data)`), or time-major
+            input [num_steps, B, ...] (the tutorial's `net(data[step])`).
+
+    Returns:
+        (spk_rec, mem_rec): the last neuron's spikes and membrane, time-major [num_steps, B, ...].
+
+    Ideal-mode Sequential nets of Linear, Conv, Flatten, Dropout, pooling and Leaky/Synaptic/
+    RLeaky/RSynaptic/Lapicque run fused: one GEMM over all steps per layer and one neuron launch per
+    layer. Anything else runs step by step, with a one-time notice saying why. Chip-mode nets run
+    every Linear -> neuron layer on the chip.
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
+    num_steps = int(num_steps)
+    chip = pending_chip(net)
+    if chip is not None:
+        convert(net, chip)
+    if is_chip_bound(net):
+        return _chip_pass(net, num_steps, data)
+    reason, seq = _fusable(net)
+    if reason is None:
+        x, static = split_time(seq, data, num_steps)
+        return _fused_pass(net, seq, num_steps, x, static)
+    notice_once("forward_pass" + reason, f"forward_pass runs step by step: {reason}")
+    return _stepwise_pass(net, num_steps, data)
+
+
+def split_time(seq, data, num_steps):
+    """(x, static): data as static [B, ...] (static=True) or time-major [T, B, ...]."""
+    first = next((m for _, m in seq if type(m) in STEP_RANK or supported_kind(m) is not None), None)
+    rank = STEP_RANK.get(type(first))
+    if rank is None and isinstance(seq[0][1], nn.Flatten):
+        lin = next((m for _, m in seq if isinstance(m, nn.Linear)), None)
+        if lin is not None:
+            flat = lambda s: int(torch.Size(s).numel())
+            fits_static = flat(data.shape[1:]) == lin.in_features
+            fits_time = data.dim() >= 3 and flat(data.shape[2:]) == lin.in_features
+            if fits_time and (not fits_static or data.shape[0] == num_steps):
+                rank = data.dim() - 1
+            elif fits_static:
+                rank = data.dim()
+    if rank is None:
+        rank = data.dim() - 1 if data.dim() >= 2 and data.shape[0] == num_steps else data.dim()
+    if data.dim() == rank:
+        return data, True
+    if data.dim() == rank + 1:
+        if data.shape[0] != num_steps:
+            raise ValueError(f"data has a time axis of {data.shape[0]} steps (data.shape[0], "
+                             f"time-major [num_steps, B, ...]) but num_steps={num_steps}")
+        return data, False
+    raise ValueError(f"data of shape {tuple(data.shape)} fits neither a static input of rank {rank} "
+                     f"([B, ...], fed every step) nor a time-major one of rank {rank + 1} "
+                     f"([num_steps, B, ...]) for the first layer {type(first).__name__}")
+
+
+def _hooked(net):
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks:
+        return "global forward hooks are registered"
+    for name, m in net.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"forward hooks are registered on {name or type(m).__name__} (they see every step)"
+    return None
+
+
+def _fusable(net):
+    """(None, sequence) when the net can run fused, else (reason, None)."""
+    if not isinstance(net, nn.Sequential):
+        return f"{type(net).__name__} is not an nn.Sequential (its forward is user code)", None
+    hooked = _hooked(net)
+    if hooked:
+        return hooked, None
+    seq = sequence_of(net)
+    if not seq:
+        return "the net is empty", None
+    for name, m in seq:
+        if supported_kind(m) is not None:
+            why = fused.unfusable_reason(m, None, multistep=True)
+            if why:
+                return f"{name}: {why}", None
+        elif not isinstance(m, TIME_BATCHED):
+            return f"{name} is a {type(m).__name__}, which forward_pass does not batch over time", None
+    if supported_kind(seq[-1][1]) is None:
+        return f"the last module ({seq[-1][0]}) is no snntorch neuron", None
+    return None, seq
+
+
+def _merge(m, x):
+    """Apply a stateless layer to [T, B, ...] as one batch of T*B."""
+    T, B = x.shape[:2]
+    y = m(x.reshape(T * B, *x.shape[2:]))
+    return y.reshape(T, B, *y.shape[1:])
+
+
+def _fused_pass(net, seq, num_steps, x, static):
+    snntorch.utils.reset(net)
+    out = None
+    for name, m in seq:
+        if supported_kind(m) is not None:
+            if static:
+                x = x.expand(num_steps, *x.shape)
+            out = fused.multistep(m, x)
+            x, static = out[0], False
+        elif static and not (isinstance(m, (nn.Dropout, nn.Dropout2d)) and m.training):
+            x = m(x)
+        else:
+            if static:
+                x, static = x.expand(num_steps, *x.shape), False
+            x = _merge(m, x)
+    return out
+
+
+def _stepwise_pass(net, num_steps, data):
+    """The tutorial's loop, for what cannot be fused."""
+    seq = sequence_of(net) if isinstance(net, nn.Sequential) and len(net) else None
+    if seq is not None:
+        x, static = split_time(seq, data, num_steps)
+    else:
+        static = not (data.dim() >= 2 and data.shape[0] == num_steps)
+        x = data
+    snntorch.utils.reset(net)
+    spk_rec, mem_rec = [], []
+    for step in range(num_steps):
+        out = net(x if static else x[step])
+        if not isinstance(out, tuple) or len(out) < 2:
+            raise ValueError("the net returned a single tensor: give its last neuron output=True so "
+                             "that it returns (spk, mem), as snntorch's forward_pass expects")
+        spk_rec.append(out[0])
+        mem_rec.append(out[-1])
+    return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
+def _chip_pass(net, num_steps, data):
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"chip mode runs nn.Sequential nets; got {type(net).__name__}")
+    seq = sequence_of(net)
+    x, static = split_time(seq, data, num_steps)
+    if static:
+        x = x.expand(num_steps, *x.shape)
+    snntorch.utils.reset(net)
+    out, linear = None, None
+    for name, m in seq:
+        if isinstance(m, nn.Linear):
+            linear = m
+        elif supported_kind(m) is not None:
+            if m._bss2_binding is None:
+                raise ValueError(f"{name} is not placed on the chip; convert(net, chip) the whole net")
+            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m, x.reshape(num_steps, x.shape[1], -1))
+            m.mem = mem[-1]
+            if hasattr(m, "spk"):
+                m.spk = spk[-1]
+            out, x = (spk, mem), spk
+        elif isinstance(m, CHIP_PASSTHROUGH):
+            x = _merge(m, x)
+    if out is None:
+        raise ValueError("the net has no neuron placed on the chip")
+    return out

@@ -1,0 +1,117 @@
+"""Drop-in subclasses of snntorch's neurons that run on the backend.
+
+Each class has the constructor, forward signature, returns, parameters, buffers and state handling
+of its snntorch parent (it is one: isinstance, utils.reset, SpikingNeuron.instances and state_dict
+keys are unchanged). In ideal mode a step runs the fused neuron op (the same arithmetic as
+snntorch, in the same order); what the op does not cover (inhibition, state_quant, custom spike
+functions, dtypes other than float32, Alpha) runs snntorch's own code, with a one-time notice. In
+chip mode (after convert(model, chip=...)) a neuron runs only inside forward_pass, which hands the
+whole sequence to the chip.
+"""
+import snntorch as snn
+
+from . import fused
+from .notices import notice_once
+
+STOCK = {"Leaky": snn.Leaky, "Synaptic": snn.Synaptic, "RLeaky": snn.RLeaky,
+         "RSynaptic": snn.RSynaptic, "Lapicque": snn.Lapicque, "Alpha": snn.Alpha}
+KINDS = {"Leaky": "leaky", "Synaptic": "synaptic", "RLeaky": "rleaky", "RSynaptic": "rsynaptic",
+         "Lapicque": "lapicque", "Alpha": "alpha"}
+SUPPORTED = tuple(STOCK)
+
+
+def supported_kind(module):
+    """'leaky' | 'synaptic' | 'rleaky' | 'rsynaptic' | 'lapicque' | 'alpha' for a supported snntorch
+    neuron (stock or backend), None for a module that is no snntorch neuron; raises for the others."""
+    for name in ("RSynaptic", "RLeaky", "Synaptic", "Lapicque", "Alpha", "Leaky"):
+        if isinstance(module, STOCK[name]):
+            if type(module) not in (STOCK[name], BACKEND[name]):
+                raise TypeError(f"{type(module).__name__} subclasses snntorch.{name} with its own code, "
+                                f"which the bss2_backend snntorch integration cannot take over; "
+                                f"supported neurons: {', '.join(SUPPORTED)}")
+            return KINDS[name]
+    if isinstance(module, snn.SpikingNeuron):
+        raise TypeError(f"{type(module).__name__} is not supported by the bss2_backend snntorch "
+                        f"integration; supported neurons: {', '.join(SUPPORTED)}")
+    return None
+
+
+class _BackendNeuron:
+    """What every backend neuron adds to its snntorch parent."""
+    _bss2_binding = None          # ChipBinding in chip mode
+    _bss2_backend = "auto"
+
+    def _bss2_chip_guard(self):
+        if self._bss2_binding is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} is bound to an emulated chip ({self._bss2_binding.placement.name!r}): "
+                f"the chip runs whole sequences, so call bss2_backend.integrations.snntorch.forward_pass("
+                f"net, num_steps, data) instead of stepping the neuron yourself")
+
+    def _bss2_step(self, input_, states):
+        self._bss2_chip_guard()
+        reason = fused.unfusable_reason(self, input_)
+        if reason is not None:
+            notice_once(type(self).__name__ + reason,
+                        f"{type(self).__name__}: running snntorch's own code ({reason})")
+            return None
+        return fused.step(self, input_, states)
+
+    def extra_repr(self):
+        base = super().extra_repr()
+        if self._bss2_binding is not None:
+            return (base + ", " if base else "") + self._bss2_binding.describe()
+        return base
+
+
+class Leaky(_BackendNeuron, snn.Leaky):
+    def forward(self, input_, mem=None):
+        out = self._bss2_step(input_, {"mem": mem})
+        return super().forward(input_, mem) if out is None else out
+
+
+class Synaptic(_BackendNeuron, snn.Synaptic):
+    def forward(self, input_, syn=None, mem=None):
+        out = self._bss2_step(input_, {"syn": syn, "mem": mem})
+        return super().forward(input_, syn, mem) if out is None else out
+
+
+class RLeaky(_BackendNeuron, snn.RLeaky):
+    def forward(self, input_, spk=None, mem=None):
+        out = self._bss2_step(input_, {"spk": spk, "mem": mem})
+        return super().forward(input_, spk, mem) if out is None else out
+
+
+class RSynaptic(_BackendNeuron, snn.RSynaptic):
+    def forward(self, input_, spk=None, syn=None, mem=None):
+        out = self._bss2_step(input_, {"spk": spk, "syn": syn, "mem": mem})
+        return super().forward(input_, spk, syn, mem) if out is None else out
+
+
+class Lapicque(_BackendNeuron, snn.Lapicque):
+    def forward(self, input_, mem=None):
+        out = self._bss2_step(input_, {"mem": mem})
+        return super().forward(input_, mem) if out is None else out
+
+
+class Alpha(_BackendNeuron, snn.Alpha):
+    def forward(self, input_, syn_exc=None, syn_inh=None, mem=None):
+        self._bss2_chip_guard()
+        notice_once("Alpha", "Alpha: no fused kernel (its three-state update is not in the kernel "
+                             "family); running snntorch's own code")
+        return super().forward(input_, syn_exc, syn_inh, mem)
+
+
+BACKEND = {"Leaky": Leaky, "Synaptic": Synaptic, "RLeaky": RLeaky, "RSynaptic": RSynaptic,
+           "Lapicque": Lapicque, "Alpha": Alpha}
+for _name, _cls in BACKEND.items():
+    _cls.__doc__ = (f"snntorch.{_name} on the bss2_backend (same constructor, forward, state and "
+                    f"state_dict as snntorch.{_name}).")
+
+
+def backend_class(module):
+    """The backend class for a (stock or backend) supported snntorch neuron."""
+    kind = supported_kind(module)
+    if kind is None:
+        return None
+    return next(BACKEND[n] for n, k in KINDS.items() if k == kind)
