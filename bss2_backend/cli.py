@@ -55,6 +55,10 @@ def cmd_info(args):
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    if args.plot:
+        from .plotting import plot_mismatch
+        plot_mismatch(chip, args.plot)
+        info["plot"] = args.plot
     if args.json:
         print(json.dumps(info, default=str))
         return 0
@@ -69,6 +73,8 @@ def cmd_info(args):
         if isinstance(s, dict):
             print(f"  {name:18s} {s['mean']:10.4g} {s['std']:9.3g} {s['min']:10.4g} {s['max']:10.4g}")
     print(f"  circuits with leak above threshold (fire tonically): {info['mismatch_summary']['tonic_circuits']}")
+    if args.plot:
+        print(f"histograms of the drawn mismatch: {args.plot}")
     return 0
 
 
@@ -80,6 +86,7 @@ def build_parser():
     info = sub.add_parser("info", help="version, device, backend, chip constants and drawn mismatch")
     add_chip_args(info)
     info.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    info.add_argument("--plot", metavar="PNG", help="save histograms of the drawn mismatch")
     info.set_defaults(func=cmd_info)
     for register in _plugins():
         register(sub)

@@ -28,3 +28,9 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "bss2_backend", "info", "--json"], capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out)["constants"]["CADC_BITS"] == 8
+
+
+def test_info_plot_writes_mismatch_histograms(tmp_path, capsys):
+    png = tmp_path / "mismatch.png"
+    assert cli.main(["info", "--seed", "2", "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and str(png) in capsys.readouterr().out

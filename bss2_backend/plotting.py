@@ -1,0 +1,40 @@
+"""Figures of a chip's drawn fixed pattern."""
+import os
+import tempfile
+
+from . import constants as C
+
+
+def save_figure(fig, path):
+    """Write atomically (temp file + rename), so an existing figure is never half-overwritten."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plot_mismatch(chip, path):
+    """Histograms of every drawn circuit parameter (the first chip's 512 circuits) and row gains."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = C.NEURON_CIRCUITS
+    panels = list(chip.neurons._asdict().items()) + [("row_gain", chip.synapse_rows)]
+    fig, axes = plt.subplots(2, 5, figsize=(16, 6))
+    for ax, (name, values) in zip(axes.flat, panels):
+        data = values[:n if name != "row_gain" else C.SYNAPSE_ARRAYS * C.SYNAPSE_ROWS].numpy()
+        ax.hist(data, bins=40, color="tab:blue", alpha=0.8)
+        ax.set_title(name, fontsize=10)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{chip!r}: drawn fixed-pattern mismatch", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
