@@ -1,0 +1,61 @@
+"""`bss2 bench` and `python -m bench`: command-line front end of bss2_backend.bench.run."""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import registry, results
+
+
+def add_arguments(p):
+    names = [w.name for w in registry.WORKLOADS]
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:i]")
+    p.add_argument("--workloads", nargs="+", metavar="NAME",
+                   help=f"workloads to run (default: all): {' '.join(names)}")
+    p.add_argument("--impls", nargs="+", metavar="NAME",
+                   help="implementations to run besides the snntorch baseline (default: all)")
+    p.add_argument("--modes", nargs="+", choices=("fwd", "fwd+bwd"), default=["fwd", "fwd+bwd"])
+    p.add_argument("--quick", action="store_true", help="shorter timing loops (fewer samples)")
+    p.add_argument("--tiny", action="store_true",
+                   help="shrink every workload to a smoke-test size (numbers mean nothing)")
+    p.add_argument("--all", dest="run_all", action="store_true",
+                   help="also run the workloads the CPU run skips as too slow or too big")
+    p.add_argument("--out", type=Path, default=results.RESULTS_DIR,
+                   help=f"directory of {results.CSV_NAME} and {results.PLOT_NAME} "
+                        f"(default: bench/results)")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the plot")
+
+
+def cmd_bench(args):
+    import torch
+    if not torch.cuda.is_available():
+        # lets the correctness checks run the Triton kernels in the interpreter; the timed CPU
+        # path is the torch twin either way. Must precede the first kernel import.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from .run import Options, run
+    options = Options(device=args.device, workloads=args.workloads, impls=args.impls,
+                      modes=tuple(args.modes), quick=args.quick, tiny=args.tiny,
+                      run_all=args.run_all, out_dir=args.out, plot=args.plot)
+    run(options)
+    return 0
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "bench", help="time the chip layers against stock snntorch and eager PyTorch",
+        description="Benchmark every workload of the registry with every implementation on one "
+                    "device; results are appended to bench/results/results.csv.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=(
+        "Benchmark the emulated chip against stock snntorch and eager PyTorch."))
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_bench(args)
+    except (ValueError, TypeError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,253 @@
+"""Implementations compared on every workload, each built as an nn.Module with one interface:
+
+    net(spikes [T, B, n_in]) -> (spikes [T, B, N], readout membrane [T, B, n_out] or None)
+    net.weights() -> {"w_in", "w_rec", "w_out"}: the parameters shared by all implementations
+
+- bss2.ideal[<backend>]: bss2_backend.LIFLayer/LILayer on Chip.ideal() (backend auto: the torch
+  twin on CPU, the fused Triton kernels on CUDA);
+- bss2.chip[<backend>]: the same layers on a calibrated Chip (mismatch, noise, 6-bit weights, CADC);
+- snntorch: the equivalent stock snntorch model (Synaptic / RSynaptic / Leaky, Linear per step)
+  with the tutorials' per-step Python loop;
+- eager: bss2.bench.eager, the chip's nominal model as a per-step loop with autograd;
+- bss2.forward_pass / snntorch (kind forward_pass): a tutorial nn.Sequential run through
+  bss2_backend.integrations.snntorch.forward_pass after convert(), or stock.
+
+Optional parts (the Triton kernels, the snntorch integration) are looked up through their public
+API; when absent the implementation is recorded as not available, never faked.
+"""
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from bss2_backend import Calibration, Chip, CircuitParams, LIFLayer, LILayer
+from bss2_backend.constants import DT_US
+from bss2_backend.dynamics import resolve_backend
+
+from . import checks
+from .eager import EagerNet
+
+# time constants of the nominal chip (tau_mem = tau_syn = 10 us at dt = 1 us) as snntorch decays
+SNN_BETA = SNN_ALPHA = 0.9
+
+
+class ChipNet(nn.Module):
+    def __init__(self, chip, w, backend):
+        super().__init__()
+        self.chip = chip
+        self.hidden = LIFLayer(chip, w.n_in, w.n_hidden, recurrent=w.recurrent, backend=backend)
+        self.readout = LILayer(chip, w.n_hidden, w.n_out, backend=backend) if w.n_out else None
+
+    def weights(self):
+        named = {"w_in": self.hidden.weight, "w_rec": getattr(self.hidden, "weight_rec", None),
+                 "w_out": None if self.readout is None else self.readout.weight}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def forward(self, spikes):
+        z, _ = self.hidden(spikes)
+        return z, None if self.readout is None else self.readout(z)
+
+
+class SnnTorchNet(nn.Module):
+    """Stock snntorch: Linear + Synaptic (RSynaptic when recurrent, Leaky for the ON shape) and a
+    Linear + Synaptic(reset none) readout, stepped in Python as in the snntorch tutorials."""
+
+    def __init__(self, w):
+        super().__init__()
+        import snntorch as snn
+        from snntorch import surrogate
+        grad = surrogate.fast_sigmoid(slope=50)       # the SuperSpike surrogate of the chip
+        self.fc_in = nn.Linear(w.n_in, w.n_hidden, bias=False)
+        if w.recurrent:
+            self.lif = snn.RSynaptic(SNN_ALPHA, SNN_BETA, linear_features=w.n_hidden,
+                                     reset_mechanism="zero", spike_grad=grad)
+        elif w.n_out == 0:
+            self.lif = snn.Leaky(SNN_BETA, reset_mechanism="zero", spike_grad=grad)
+        else:
+            self.lif = snn.Synaptic(SNN_ALPHA, SNN_BETA, reset_mechanism="zero", spike_grad=grad)
+        self.fc_out = nn.Linear(w.n_hidden, w.n_out, bias=False) if w.n_out else None
+        self.li = snn.Synaptic(SNN_ALPHA, SNN_BETA, reset_mechanism="none") if w.n_out else None
+        self.recurrent = w.recurrent
+
+    def weights(self):
+        named = {"w_in": self.fc_in.weight,
+                 "w_rec": self.lif.recurrent.weight if self.recurrent else None,
+                 "w_out": None if self.fc_out is None else self.fc_out.weight}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def forward(self, spikes):
+        if self.recurrent:
+            state = self.lif.init_rsynaptic()
+        elif self.li is None:
+            state = (self.lif.init_leaky(),)
+        else:
+            state = self.lif.init_synaptic()
+        out_state = self.li.init_synaptic() if self.li is not None else None
+        zs, outs = [], []
+        for x in spikes:
+            if self.recurrent:
+                state = self.lif(self.fc_in(x), *state)
+                z = state[0]
+            else:
+                z, *state = self.lif(self.fc_in(x), *state)
+            zs.append(z)
+            if self.li is not None:
+                _, *out_state = self.li(self.fc_out(z), *out_state)
+                outs.append(out_state[1])
+        return torch.stack(zs), torch.stack(outs) if outs else None
+
+
+def tutorial_net(w):
+    """issue 4's model, written as the snntorch tutorials do (init_hidden, output=True)."""
+    import snntorch as snn
+    return nn.Sequential(nn.Linear(w.n_in, w.n_hidden), snn.Leaky(SNN_BETA, init_hidden=True),
+                         nn.Linear(w.n_hidden, w.n_out),
+                         snn.Leaky(SNN_BETA, init_hidden=True, output=True, reset_mechanism="none"))
+
+
+def stock_forward_pass(net, num_steps, data):
+    """The snntorch tutorials' forward_pass helper, stepping the net in Python."""
+    from snntorch import utils
+    spk_rec, mem_rec = [], []
+    utils.reset(net)
+    for step in range(num_steps):
+        spk, mem = net(data[step])
+        spk_rec.append(spk)
+        mem_rec.append(mem)
+    return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
+class ForwardPassNet(nn.Module):
+    """A tutorial nn.Sequential run over all steps by `run(net, T, data)`."""
+
+    def __init__(self, net, run):
+        super().__init__()
+        self.net, self.run = net, run
+
+    def weights(self):
+        return {"w_in": self.net[0].weight, "w_out": self.net[2].weight}
+
+    def forward(self, spikes):
+        return self.run(self.net, spikes.shape[0], spikes)
+
+
+def nominal_params(n, device=None, dtype=torch.float32):
+    """The ideal chip's neuron model (calix targets, dt = 1 us) as LIFParams."""
+    cal = Calibration()
+    return CircuitParams.nominal(n, cal).discretize(cal, DT_US, "euler").to(device, dtype)
+
+
+def build_eager(w, device, dtype=torch.float32):
+    from bss2_backend.surrogates import Surrogate
+    hidden = nominal_params(w.n_hidden, device, dtype)
+    out = nominal_params(w.n_out, device, dtype) if w.n_out else None
+    net = EagerNet(w.n_in, w.n_hidden, w.n_out, w.recurrent, hidden, out, Surrogate())
+    _init_like_linear(net)
+    return net.to(device=device, dtype=dtype)
+
+
+def _init_like_linear(net):
+    with torch.no_grad():
+        for weight in net.weights().values():
+            bound = 1.0 / weight.shape[1] ** 0.5
+            weight.uniform_(-bound, bound)
+
+
+def build_chip(w, device, dtype=torch.float32, *, ideal, backend="auto", noise=True):
+    chip = Chip.ideal(strict=w.strict) if ideal else Chip(seed=0, noise=noise, strict=w.strict)
+    return ChipNet(chip, w, backend).to(device=device, dtype=dtype)
+
+
+def triton_unavailable(device):
+    """None when the fused kernels can run on `device`, else the reason."""
+    try:
+        from bss2_backend.kernels import dispatch
+    except ImportError as e:
+        return f"Triton kernels not available ({e})"
+    if not callable(getattr(dispatch, "run_lif", None)):
+        return "Triton kernels not available (bss2_backend.kernels.dispatch.run_lif missing)"
+    try:
+        resolve_backend("triton", device)
+    except ValueError as e:
+        return str(e).split(";")[0]
+    return None
+
+
+def integration_unavailable(device=None):
+    """None when bss2_backend.integrations.snntorch offers convert and forward_pass."""
+    try:
+        from bss2_backend.integrations import snntorch as integration
+    except ImportError as e:
+        return f"snntorch integration not available ({e})"
+    missing = [n for n in ("convert", "forward_pass") if not callable(getattr(integration, n, None))]
+    if missing:
+        return f"snntorch integration not available (missing {', '.join(missing)})"
+    return None
+
+
+@dataclass(frozen=True)
+class Impl:
+    """name: as in the CSV; kind: the workload kind it runs; build(workload, device, dtype) -> net;
+    check(workload, device) -> checks.Check; unavailable(device) -> None or the reason;
+    baseline: the speedup column divides this implementation's time by the baseline's."""
+    name: str
+    kind: str
+    build: Callable
+    check: Callable
+    unavailable: Callable = field(default=lambda device: None)
+    backend: str = ""
+    baseline: bool = False
+
+
+def _chip_impl(label, ideal, backend):
+    def build(w, device, dtype=torch.float32):
+        return build_chip(w, device, dtype, ideal=ideal, backend=backend)
+
+    def check(w, device):
+        if ideal:
+            result = checks.against_eager(build, build_eager, w, device, exact=backend == "torch")
+        else:
+            result = checks.chip_forward(
+                lambda w_, d, dt: build_chip(w_, d, dt, ideal=False, backend=backend, noise=False),
+                w, device, exact=backend == "torch")
+        if backend == "triton" and result.status == "pass":
+            result = result.merge(checks.backends_agree(build_chip, w, device))
+        return result
+
+    unavailable = triton_unavailable if backend == "triton" else (lambda device: None)
+    return Impl(f"bss2.{label}[{backend}]", "chip", build, check, unavailable, backend)
+
+
+def _forward_pass_build(w, device, dtype=torch.float32):
+    from bss2_backend.integrations.snntorch import convert, forward_pass
+    torch.manual_seed(0)
+    net = convert(tutorial_net(w).to(device=device, dtype=dtype))
+    return ForwardPassNet(net, forward_pass)
+
+
+def _stock_forward_pass_build(w, device, dtype=torch.float32):
+    torch.manual_seed(0)
+    return ForwardPassNet(tutorial_net(w).to(device=device, dtype=dtype), stock_forward_pass)
+
+
+def default_impls(device):
+    """Every implementation for `device`, in the order the table prints them."""
+    auto = resolve_backend("auto", device)
+    impls = [_chip_impl("ideal", True, auto), _chip_impl("chip", False, auto)]
+    if auto != "torch":
+        impls.append(_chip_impl("ideal", True, "torch"))
+    reference = lambda w, device: checks.Check("reference", "baseline, not checked")
+    impls += [
+        Impl("snntorch", "chip", lambda w, d, dt=torch.float32: SnnTorchNet(w).to(d, dt),
+             reference, baseline=True),
+        Impl("eager", "chip", build_eager,
+             lambda w, device: checks.Check("reference", "the checks' reference model")),
+        Impl("snntorch", "forward_pass", _stock_forward_pass_build, reference, baseline=True),
+        Impl("bss2.forward_pass", "forward_pass", _forward_pass_build,
+             lambda w, device: checks.forward_pass_matches(
+                 _stock_forward_pass_build, _forward_pass_build, w, device),
+             integration_unavailable, backend=auto),
+    ]
+    return impls

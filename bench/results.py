@@ -1,0 +1,102 @@
+"""The results CSV (appended to, one row per workload x implementation x mode) and its plot."""
+import csv
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CSV_NAME = "results.csv"
+PLOT_NAME = "latest.png"
+
+COLUMNS = (
+    "run_id", "date", "git_commit", "device", "torch", "triton", "snntorch", "bss2_backend",
+    "workload", "shape", "size", "impl", "backend", "mode", "T", "B",
+    "median_ms", "q20_ms", "q80_ms", "samples", "samples_per_s",
+    "gbytes", "gb_per_s", "floor_gb_per_s", "floor_fraction", "floor_source",
+    "gflop", "gflop_per_s", "speedup_vs_snntorch",
+    "correctness", "correctness_detail", "status", "note",
+)
+
+
+def append(path, rows):
+    """Append rows (dicts keyed by COLUMNS) to the CSV at `path`, writing the header if new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size:
+        with path.open(newline="") as f:
+            header = tuple(next(csv.reader(f), ()))
+        if header != COLUMNS:
+            raise ValueError(f"{path} has columns {list(header)}, expected {list(COLUMNS)}; "
+                             f"move it aside or pass another --out directory")
+        new = False
+    else:
+        new = True
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        for row in rows:
+            unknown = set(row) - set(COLUMNS)
+            if unknown:
+                raise ValueError(f"result row has unknown columns {sorted(unknown)}")
+            writer.writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def read(path):
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_latest(csv_path, png_path):
+    """Median time per workload and implementation of the CSV's last run, log scale, one panel per
+    mode; q20-q80 as error bars. Returns the path written, or None when nothing was timed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read(csv_path)
+    if not rows:
+        return None
+    latest = rows[-1]["run_id"]
+    rows = [r for r in rows if r["run_id"] == latest and r["status"] == "ok"]
+    if not rows:
+        return None
+    modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    width = 0.8 / len(impls)
+    for ax, mode in zip(axes[0], modes):
+        for k, impl in enumerate(impls):
+            xs, ys, lo, hi = [], [], [], []
+            for i, wl in enumerate(workloads):
+                match = [r for r in rows if r["mode"] == mode and r["impl"] == impl
+                         and r["workload"] == wl]
+                if match:
+                    r = match[-1]
+                    med = float(r["median_ms"])
+                    xs.append(i + (k - (len(impls) - 1) / 2) * width)
+                    ys.append(med)
+                    lo.append(med - float(r["q20_ms"]))
+                    hi.append(float(r["q80_ms"]) - med)
+            if xs:
+                ax.bar(xs, ys, width, yerr=[lo, hi], label=impl, capsize=2)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(workloads)), workloads)
+        ax.set_ylabel("median time per call (ms, log)")
+        ax.set_title(f"{mode}")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    first = rows[0]
+    fig.suptitle(f"bss2 bench {latest}: {first['device']}, torch {first['torch']}, "
+                 f"commit {first['git_commit']}", fontsize=9)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
