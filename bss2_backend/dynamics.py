@@ -59,47 +59,54 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
     rec_e = rec_i = None
     if recurrence is not None:
         rec_e, rec_i = recurrence.exc.to(dev, dt).t(), recurrence.inh.to(dev, dt).t()
-    noisy = membrane_noise_lsb > 0 or ro.noise_lsb > 0
-    gen = torch.Generator(device=dev).manual_seed(int(seed)) if noisy else None
+    # membrane and readout noise come from two streams of the run's seed
+    gen_m = torch.Generator(device=dev).manual_seed(int(seed)) if membrane_noise_lsb > 0 else None
     sigma_m = membrane_noise_lsb / ro.unit_lsb
+    has_inh = x_inh is not None or rec_i is not None
+    refractory = spiking and bool(p.ref_steps.any())
 
     v = p.v_leak.expand(B, N).clone()
     i_e = torch.zeros(B, N, dtype=dt, device=dev)
     i_i = torch.zeros(B, N, dtype=dt, device=dev)
     ref = torch.zeros(B, N, dtype=torch.int32, device=dev)
-    z_prev = torch.zeros(B, N, dtype=dt, device=dev)
-    z_out = torch.empty(T, B, N, dtype=dt, device=dev)
-    u_out = torch.empty(T, B, N, dtype=dt, device=dev)
-    free_out = torch.empty(T, B, N, dtype=torch.bool, device=dev) if spiking else None
+    not_held = torch.ones(B, N, dtype=torch.bool, device=dev)
+    z = torch.zeros(B, N, dtype=torch.bool, device=dev)
     keep_e, keep_i = 1.0 - p.a_syn_exc, 1.0 - p.a_syn_inh
+    v_out = torch.empty(T, B, N, dtype=dt, device=dev)
+    z_out = torch.zeros(T, B, N, dtype=dt, device=dev)
+    free_out = torch.ones(T, B, N, dtype=torch.bool, device=dev) if spiking else None
     for t in range(T):
         x_e = x_exc[t].to(dt)
         x_i = x_inh[t].to(dt) if x_inh is not None else None
         if rec_e is not None:
+            z_prev = z.to(dt)
             x_e = x_e + z_prev @ rec_e
             x_i = z_prev @ rec_i if x_i is None else x_i + z_prev @ rec_i
         v = v + p.a_mem * ((p.v_leak - v) + (i_e - i_i))
-        if membrane_noise_lsb > 0:
-            v = v + sigma_m * torch.randn(B, N, generator=gen, dtype=dt, device=dev)
+        if gen_m is not None:
+            v = v + sigma_m * torch.randn(B, N, generator=gen_m, dtype=dt, device=dev)
         i_e = i_e * keep_e + x_e
-        if x_i is not None:
+        if has_inh:
             i_i = i_i * keep_i + x_i
-        noise = ro.noise_lsb * torch.randn(B, N, generator=gen, dtype=dt, device=dev) \
-            if ro.noise_lsb > 0 else None
         if spiking:
-            held = ref > 0
-            v = torch.where(held, p.v_reset, v)
-            z = (v > p.v_th) & ~held
-            u_out[t] = read_membrane(v, ro, noise)
+            if refractory:
+                held = ref > 0
+                torch.logical_not(held, out=not_held)
+                v = torch.where(held, p.v_reset, v)
+                free_out[t] = not_held
+            z = (v > p.v_th) & not_held
+            v_out[t] = v
             z_out[t] = z
-            free_out[t] = ~held
             v = torch.where(z, p.v_reset, v)
-            ref = torch.where(z, p.ref_steps, torch.clamp(ref - 1, min=0))
-            z_prev = z.to(dt)
+            if refractory:
+                ref = torch.where(z, p.ref_steps, torch.clamp(ref - 1, min=0))
         else:
-            u_out[t] = read_membrane(v, ro, noise)
-    if not spiking:
-        z_out.zero_()
+            v_out[t] = v
+    noise = None
+    if ro.noise_lsb > 0:
+        gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D)
+        noise = ro.noise_lsb * torch.randn(T, B, N, generator=gen_r, dtype=dt, device=dev)
+    u_out = read_membrane(v_out, ro, noise)
     return z_out, u_out, free_out
 
 
@@ -115,29 +122,31 @@ def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, h
     lam_v = torch.zeros(B, N, dtype=dt, device=dev)
     lam_e = torch.zeros(B, N, dtype=dt, device=dev)
     lam_i = torch.zeros(B, N, dtype=dt, device=dev)
-    g_z = None if g_z is None else g_z.to(dt)
-    g_u = None if g_u is None else g_u.to(dt)
+    # everything that does not depend on the reverse recursion, for all steps at once
+    direct = g_u.to(dt) if g_u is not None else torch.zeros(T, B, N, dtype=dt, device=dev)
+    gate = None
+    if spiking:
+        sg = surrogate.grad(u - p.v_th)
+        if g_z is not None:
+            direct = direct + g_z.to(dt) * sg
+        freef = free.to(dt)
+        direct = direct * freef
+        gate = (1.0 - z) * freef
     w_pos = w_neg = None
     if recurrence is not None:
         w = recurrence.weight.to(dev, dt)
         w_pos, w_neg = torch.clamp(w, min=0), torch.clamp(-w, min=0)
-    gz_rec = None
     for t in range(T - 1, -1, -1):
         g_exc[t] = lam_e
         if has_inh:
             g_inh[t] = lam_i
-        g = g_u[t].clone() if g_u is not None else torch.zeros(B, N, dtype=dt, device=dev)
         if spiking:
-            gz = g_z[t] if g_z is not None else None
-            if gz_rec is not None:
-                gz = gz_rec if gz is None else gz + gz_rec
-            if gz is not None:
-                g = g + gz * surrogate.grad(u[t] - p.v_th)
-            g = (g + (1.0 - z[t]) * lam_v) * free[t]
+            g = direct[t] + gate[t] * lam_v
+            if w_pos is not None and t < T - 1:
+                g = g + (lam_e_next @ w_pos + lam_i_next @ w_neg) * sg[t] * freef[t]
         else:
-            g = g + lam_v
-        if w_pos is not None:
-            gz_rec = lam_e @ w_pos + lam_i @ w_neg
+            g = direct[t] + lam_v
+        lam_e_next, lam_i_next = lam_e, lam_i
         lam_v = keep_m * g
         lam_e = p.a_mem * g + keep_e * lam_e
         lam_i = keep_i * lam_i - p.a_mem * g
