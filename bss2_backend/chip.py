@@ -16,17 +16,10 @@ from .weights import Saturation
 STATE_VERSION = 1
 
 
-class CircuitNeurons(NamedTuple):
-    """What was drawn for every neuron circuit, in hardware units (float64 tensors [circuits])."""
-    leak_lsb: torch.Tensor
-    reset_lsb: torch.Tensor
-    threshold_lsb: torch.Tensor
-    tau_mem_us: torch.Tensor
-    tau_syn_exc_us: torch.Tensor
-    tau_syn_inh_us: torch.Tensor
-    refractory_us: torch.Tensor
-    syn_gain: torch.Tensor
-    cadc_offset_lsb: torch.Tensor
+# what was drawn for every neuron circuit, hardware units (float64 tensors [circuits]): the analog
+# parameters of CircuitParams, the circuit's synaptic gain and its CADC channel offset
+CircuitNeurons = NamedTuple("CircuitNeurons", [(f, torch.Tensor) for f in CircuitParams._fields]
+                            + [("syn_gain", torch.Tensor), ("cadc_offset_lsb", torch.Tensor)])
 
 
 class LayerParams(NamedTuple):

@@ -230,11 +230,6 @@ def cuba_lif(x_exc, x_inh=None, *, params, nominal=None, readout=None, recurrenc
         (spikes, membrane), both [T, B, N] in the input dtype (state is kept in float32, or float64
         for float64 inputs); membrane is the read membrane, sampled before the step's reset.
     """
-    nominal = params if nominal is None else nominal
-    readout = ReadoutParams.ideal(x_exc.shape[-1], device=x_exc.device) \
-        if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3 else readout
-    _validate(x_exc, x_inh, params, nominal, readout, recurrence)
-    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0)
     return _run(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_lsb, seed,
                 as_surrogate(surrogate), backend, spiking=True)
 
@@ -243,17 +238,17 @@ def li(x_exc, x_inh=None, *, params, nominal=None, readout=None, membrane_noise_
        backend="auto"):
     """Leaky-integrator readout (no threshold, no reset): same arguments as cuba_lif; returns the
     read membrane [T, B, N]."""
-    nominal = params if nominal is None else nominal
-    readout = ReadoutParams.ideal(x_exc.shape[-1], device=x_exc.device) \
-        if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3 else readout
-    _validate(x_exc, x_inh, params, nominal, readout, None)
-    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0)
     return _run(x_exc, x_inh, params, nominal, readout, None, membrane_noise_lsb, seed,
                 Surrogate(), backend, spiking=False)[1]
 
 
 def _run(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_lsb, seed, surrogate,
          backend, spiking):
+    nominal = params if nominal is None else nominal
+    if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3:
+        readout = ReadoutParams.ideal(x_exc.shape[-1], device=x_exc.device)
+    _validate(x_exc, x_inh, params, nominal, readout, recurrence)
+    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0)
     backend = resolve_backend(backend, x_exc.device)
     if backend == "triton":
         from .kernels import dispatch  # imported lazily: the torch path never touches Triton
