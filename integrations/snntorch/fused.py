@@ -1,13 +1,176 @@
-"""Ideal mode on the fused neuron op (in progress: every neuron runs snntorch's own code for now)."""
+"""Ideal mode: a backend neuron's step, or all its steps, on the fused snntorch neuron op.
+
+Reads the module exactly as snntorch does: the update from state_function (bound at construction),
+the same-step reset from reset_mechanism_val, clamped beta/alpha, the surrogate from the
+spike_grad closure. Writes back the state buffers and `reset` as snntorch's forward does.
+
+snntorch 1.0 bug kept compatible: RSynaptic's reset_delay=False branch discards its result (and
+raises when no spk is passed), so RSynaptic always runs as reset_delay=True here, with a notice.
+"""
+import snntorch.surrogate
+import torch
+from snntorch._neurons.neurons import SpikingNeuron
+from torch import nn
+
+from bss2_backend.kernels.snntorch_ops import snntorch_neuron
+from bss2_backend.kernels.snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
+    RESET_NONE, RESET_SUB, RESET_ZERO, SURROGATE_IDS, SURROGATE_NONE, NeuronSpec
+
+from .neurons import supported_kind
+from .notices import notice_once
+
+STATES = {"leaky": ("mem",), "lapicque": ("mem",), "synaptic": ("syn", "mem"),
+          "rleaky": ("spk", "mem"), "rsynaptic": ("spk", "syn", "mem")}
+UPDATES = {"_base_sub": RESET_SUB, "_base_zero": RESET_ZERO, "_base_int": RESET_NONE}
+SURROGATE_PARAM = {"atan": "alpha", "fast_sigmoid": "slope", "sigmoid": "slope",
+                   "triangular": "threshold"}
+
+
+def surrogate_of(fn):
+    """(SURROGATE_* id, parameter) of an snntorch surrogate closure, None for any other callable."""
+    if fn is SpikingNeuron._surrogate_bypass:
+        return SURROGATE_NONE, 0.0
+    qual = getattr(fn, "__qualname__", "")
+    if getattr(fn, "__module__", None) != snntorch.surrogate.__name__ or \
+            not qual.endswith(".<locals>.inner"):
+        return None
+    factory = qual.split(".", 1)[0]
+    if factory not in SURROGATE_IDS:
+        return None
+    cells = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__ or ())))
+    name = SURROGATE_PARAM.get(factory)
+    return SURROGATE_IDS[factory], float(cells[name]) if name else 0.0
+
+
+def _param_tensors(module):
+    names = ["beta", "threshold", "graded_spikes_factor"]
+    if hasattr(module, "alpha"):
+        names.append("alpha")
+    return [(n, getattr(module, n)) for n in names]
 
 
 def unfusable_reason(module, input_, multistep=False):
-    return "the fused snntorch neuron op is not wired in yet"
+    """Why the fused op cannot run this module (None when it can)."""
+    kind = supported_kind(module)
+    if kind == "alpha":
+        return "Alpha has no fused kernel (its three-state update is not in the kernel family)"
+    if module.inhibition:
+        return "inhibition=True (winner-take-all firing)"
+    if module.state_quant:
+        return "state_quant is set"
+    if surrogate_of(module.spike_grad) is None:
+        fn = module.spike_grad
+        return (f"spike_grad {getattr(fn, '__qualname__', type(fn).__name__)} is not one of the fused "
+                f"surrogates ({', '.join(SURROGATE_IDS)})")
+    for name, p in _param_tensors(module):
+        if p.dtype != torch.float32:
+            return f"{name} is {p.dtype} (the fused op runs float32)"
+    if input_ is not None and (not isinstance(input_, torch.Tensor) or input_.dtype != torch.float32):
+        got = input_.dtype if isinstance(input_, torch.Tensor) else type(input_).__name__
+        return f"the input is {got} (the fused op runs float32, as snntorch's spikes are)"
+    if multistep and kind in ("rleaky", "rsynaptic") and module.all_to_all and \
+            not isinstance(module.recurrent, nn.Linear):
+        return "convolutional recurrence (conv2d_channels) runs per step"
+    return None
+
+
+def spec_of(module, multistep):
+    kind = supported_kind(module)
+    delay = bool(getattr(module, "reset_delay", True))
+    if kind == "rsynaptic" and not delay:
+        notice_once("rsynaptic_delay",
+                    "RSynaptic(reset_delay=False): snntorch 1.0 discards that branch's result (or "
+                    "raises when no spk is passed), so the backend runs it as reset_delay=True, which "
+                    "is what snntorch 1.0 computes")
+        delay = True
+    rec = REC_NONE
+    if kind in ("rleaky", "rsynaptic"):
+        if not multistep:
+            rec = REC_EXTERNAL
+        elif not module.all_to_all:
+            rec = REC_ONE_TO_ONE
+        else:
+            rec = REC_DENSE
+    surrogate, param = surrogate_of(module.spike_grad)
+    return NeuronSpec(synaptic=kind in ("synaptic", "rsynaptic"), rec=rec,
+                      reset=UPDATES[module.state_function.__name__],
+                      zero_before_decay=kind == "leaky", delay=delay,
+                      late_reset=int(module.reset_mechanism_val), surrogate=surrogate,
+                      surrogate_param=param)
+
+
+def _inputs(module, kind, x):
+    """(x, beta) as the update sees them: Lapicque scales its input and decays by 1 - T/(RC)."""
+    if kind == "lapicque":
+        R, C, dt = module.R, module.C, module.time_step
+        return x * R * (1 / (R * C)) * dt, 1 - (dt / (R * C))
+    return x, module.beta.clamp(0, 1)
+
+
+def _run(module, kind, spec, x, states, backend):
+    x, beta = _inputs(module, kind, x)
+    alpha = module.alpha.clamp(0, 1) if spec.synaptic else None
+    rec = {}
+    if spec.rec == REC_ONE_TO_ONE:
+        rec["v"] = module.V
+    elif spec.rec == REC_DENSE:
+        rec["w"], rec["bias"] = module.recurrent.weight, module.recurrent.bias
+    elif spec.rec == REC_EXTERNAL:
+        rec["r"] = module.recurrent(states["spk"]).unsqueeze(0)
+    s0 = states.get("spk") if spec.rec in (REC_ONE_TO_ONE, REC_DENSE) else None
+    return snntorch_neuron(spec, x, states["mem"], states.get("syn"), s0, beta=beta, alpha=alpha,
+                           theta=module.threshold, g=module.graded_spikes_factor, backend=backend,
+                           **rec)
+
+
+def _prologue(module, kind, step_shape, like):
+    for name in STATES[kind]:
+        state = getattr(module, name)
+        if state.shape != step_shape:
+            setattr(module, name, torch.zeros(step_shape, dtype=like.dtype, device=state.device))
+    return {name: getattr(module, name) for name in STATES[kind]}
 
 
 def step(module, input_, states):
-    raise NotImplementedError
+    """One snntorch forward call on the fused op; None when snntorch's own code must run."""
+    kind = supported_kind(module)
+    passed = [k for k, v in states.items() if v is not None]
+    for k in passed:
+        setattr(module, k, states[k])
+    if module.init_hidden and passed:
+        raise TypeError(f"`{'`, `'.join(passed)}` should not be passed as an argument while "
+                        f"`init_hidden=True` ({type(module).__name__} keeps its own state)")
+    current = _prologue(module, kind, input_.shape, input_)
+    if any(s.dtype != torch.float32 for s in current.values()):
+        return None
+    spec = spec_of(module, multistep=False)
+    module.reset = (current["mem"] > module.threshold).float()
+    spk, syn, mem = _run(module, kind, spec, input_.unsqueeze(0), current, module._bss2_backend)
+    spk, mem = spk[0].clone(), mem[0].clone()
+    module.mem = mem
+    if syn is not None:
+        module.syn = syn = syn[0].clone()
+    if kind in ("rleaky", "rsynaptic"):
+        module.spk = spk
+    if module.init_hidden and not module.output:
+        return spk
+    return (spk, syn, mem) if syn is not None else (spk, mem)
 
 
 def multistep(module, x):
-    raise NotImplementedError
+    """All steps of x [T, *S] at once; writes the final state back. Returns (spk, mem) [T, *S]."""
+    kind = supported_kind(module)
+    current = _prologue(module, kind, x.shape[1:], x)
+    if x.dtype != torch.float32 or any(s.dtype != torch.float32 for s in current.values()):
+        raise TypeError(f"{type(module).__name__}: the fused forward_pass runs float32 inputs and "
+                        f"state; got input {x.dtype}")
+    spec = spec_of(module, multistep=True)
+    spk, syn, mem = _run(module, kind, spec, x, current, module._bss2_backend)
+    before_last = mem[-2] if x.shape[0] > 1 else current["mem"]
+    module.reset = (before_last > module.threshold).float().detach()
+    module.mem = mem[-1].clone()
+    if syn is not None:
+        module.syn = syn[-1].clone()
+    if kind in ("rleaky", "rsynaptic"):
+        module.spk = spk[-1].clone()
+    return spk, mem

@@ -10,7 +10,6 @@ whole sequence to the chip.
 """
 import snntorch as snn
 
-from . import fused
 from .notices import notice_once
 
 STOCK = {"Leaky": snn.Leaky, "Synaptic": snn.Synaptic, "RLeaky": snn.RLeaky,
@@ -50,6 +49,7 @@ class _BackendNeuron:
 
     def _bss2_step(self, input_, states):
         self._bss2_chip_guard()
+        from . import fused  # fused imports this module
         reason = fused.unfusable_reason(self, input_)
         if reason is not None:
             notice_once(type(self).__name__ + reason,

@@ -1,0 +1,111 @@
+"""snntorch's neurons over all time steps as one differentiable op, on the Triton kernels or the twin.
+
+The torch path (snntorch_reference) never imports Triton; backend="triton" imports the kernels
+(snntorch_neurons) on first use.
+"""
+import torch
+
+from bss2_backend.dynamics import resolve_backend
+
+from . import snntorch_reference as reference
+from .snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, NeuronSpec
+
+
+def _impl(backend):
+    if backend == "triton":
+        from . import snntorch_neurons
+        return snntorch_neurons
+    return reference
+
+
+class _SnntorchNeuron(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec, backend, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias):
+        impl = _impl(backend)
+        spk, syn, mem, pre = impl.neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias)
+        ctx.spec, ctx.backend = spec, backend
+        ctx.save_for_backward(spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w)
+        return spk, syn, mem
+
+    @staticmethod
+    def backward(ctx, g_spk, g_syn, g_mem):
+        spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w = ctx.saved_tensors
+        spec = ctx.spec
+        need = tuple(ctx.needs_input_grad[i] for i in (6, 7, 8, 9))
+        g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g = _impl(ctx.backend).neuron_bwd(
+            spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w,
+            need)
+        g_r = g_v = g_w = g_bias = None
+        if spec.rec == REC_EXTERNAL:
+            g_r = g_x
+        elif spec.rec in (REC_ONE_TO_ONE, REC_DENSE) and any(ctx.needs_input_grad[11:14]):
+            s_prev = torch.cat([s0.unsqueeze(0).to(g_x.dtype), spk[:-1].to(g_x.dtype)])
+            if spec.rec == REC_ONE_TO_ONE:
+                g_v = (g_x * s_prev).sum(0)
+            else:
+                n = w.shape[0]
+                g_x2 = g_x.reshape(-1, n)
+                g_w = g_x2.t() @ s_prev.reshape(-1, n)
+                g_bias = g_x2.sum(0) if ctx.needs_input_grad[13] else None
+        return (None, None, g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g, g_r, g_v, g_w,
+                g_bias)
+
+
+def _step_param(name, p, step_shape, like):
+    if p is None:
+        return None
+    p = p.to(like.dtype) if isinstance(p, torch.Tensor) else torch.tensor(p, dtype=like.dtype)
+    p = p.to(like.device)
+    try:
+        return p.expand(step_shape)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(p.shape)} does not broadcast to one step of the "
+                         f"input, shape {tuple(step_shape)}") from None
+
+
+def snntorch_neuron(spec, x, u0, i0=None, s0=None, *, beta, alpha=None, theta, g, r=None, v=None,
+                    w=None, bias=None, backend="auto"):
+    """snntorch neuron updates over all steps of x.
+
+    Args:
+        spec: NeuronSpec (which neuron, reset, reset_delay, recurrence, surrogate).
+        x: input current [T, *S] (float32 or float64); u0, i0, s0: initial membrane, synaptic
+            current (synaptic neurons) and spikes (recurrent ones) [*S].
+        beta, alpha: clamped decays; theta: threshold; g: graded spike factor; each broadcastable
+            to S (gradients flow to them as autograd leaves or through the caller's clamp).
+        r: external recurrent input [T, *S]; v: one-to-one recurrent weight (broadcast to S);
+            w, bias: dense recurrent weight [N, N] and bias [N] (S = [B, N]).
+        backend: "auto" | "torch" | "triton".
+
+    Returns:
+        (spk [T, *S] float32, syn [T, *S] or None, mem [T, *S]).
+    """
+    if not isinstance(spec, NeuronSpec):
+        raise TypeError(f"spec must be a NeuronSpec, got {type(spec).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a tensor [T, ...] with T >= 1, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    S = x.shape[1:]
+    for name, t in (("u0", u0), ("i0", i0), ("s0", s0)):
+        if t is not None and t.shape != S:
+            raise ValueError(f"{name} must have the shape of one step of x, {tuple(S)}, got {tuple(t.shape)}")
+    if spec.synaptic and i0 is None:
+        raise ValueError("a synaptic neuron needs i0")
+    if spec.rec in (REC_ONE_TO_ONE, REC_DENSE) and s0 is None:
+        raise ValueError("a recurrent neuron needs s0")
+    if spec.rec == REC_EXTERNAL and (r is None or r.shape != x.shape):
+        raise ValueError(f"r must have the shape of x, {tuple(x.shape)}")
+    if spec.rec == REC_DENSE:
+        n = S[-1]
+        if x.dim() != 3 or w is None or w.shape != (n, n):
+            raise ValueError(f"dense recurrence needs x [T, B, N] and w [N, N]; got x "
+                             f"{tuple(x.shape)}, w {None if w is None else tuple(w.shape)}")
+    backend = resolve_backend(backend, x.device)
+    params = [_step_param(n, p, S, x) for n, p in
+              (("beta", beta), ("alpha", alpha), ("theta", theta), ("g", g))]
+    v = _step_param("v", v, S, x) if spec.rec == REC_ONE_TO_ONE else None
+    if s0 is not None:
+        s0 = s0.to(x.dtype)
+    return _SnntorchNeuron.apply(spec, backend, x, u0, i0, s0, *params, r, v, w, bias)
