@@ -1,0 +1,240 @@
+"""`bss2 train` and `bss2 selfcal`: in-the-loop training on an emulated chip from the command line."""
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from ..cli import UserError, _mismatch_arg
+from ..placement import PlacementError
+from .data import DataError, load_images
+from .files import OutputError, prepare_out, write_text
+from .loop import TASKS, CheckpointError, TrainConfig, fit
+
+DEFAULT_EPOCHS = {"digits": 15, "mnist": 30, "shd": 30}
+USER_ERRORS = (DataError, CheckpointError, OutputError, PlacementError)
+
+
+def register(subparsers):
+    train = subparsers.add_parser(
+        "train", help="train the paper's MNIST network (or SHD) in the loop on an emulated chip",
+        description="Train 16x16 inputs -> 246 LIF -> 10 LI in the loop on an emulated BSS-2 chip. "
+                    "Without --data it uses scikit-learn's bundled digits (no download).")
+    train.add_argument("--task", choices=TASKS, default="mnist",
+                       help="mnist: images, latency coded (default); shd: Spiking Heidelberg Digits")
+    train.add_argument("--data", metavar="PATH", help="MNIST .npz (x_train, y_train, x_test, y_test) "
+                       "or folder of the four IDX files; for --task shd the folder with shd_*.h5")
+    _common(train)
+    train.add_argument("--mismatch", type=_mismatch_arg, default="calibrated",
+                       help="calibrated (default) | uncalibrated | none | sigma_d (float in [0, 1])")
+    train.add_argument("--ideal", action="store_true",
+                       help="train on the nominal model: no mismatch, noise or quantisation")
+    train.add_argument("--out", default="bss2-train", metavar="DIR",
+                       help="checkpoint, metrics and plots go here (default ./bss2-train)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue exactly from DIR/checkpoint.pt up to --epochs")
+    train.set_defaults(func=cmd_train, _user_errors=False)
+
+    sc = subparsers.add_parser(
+        "selfcal", help="self-calibration sweep (Fig. 4B): in the loop vs trained ideal and loaded",
+        description="For each sigma_d: train on the ideal model and load onto the decalibrated chip, "
+                    "versus train in the loop on that chip; test accuracy of both.")
+    sc.add_argument("--data", metavar="PATH", help="MNIST .npz or IDX folder (default: digits)")
+    _common(sc)
+    sc.add_argument("--sigmas", type=float, nargs="+", default=None, metavar="S",
+                    help="decalibration values (default 0 0.1 0.2 0.3 0.4 0.5)")
+    sc.add_argument("--quick", action="store_true",
+                    help="digits, fewer epochs and steps: under 10 minutes on 2 CPU cores")
+    sc.add_argument("--out", default="bss2-selfcal", metavar="DIR",
+                    help="selfcal.csv, selfcal.json and selfcal.png go here (default ./bss2-selfcal)")
+    sc.set_defaults(func=cmd_selfcal, _user_errors=False, task="mnist")
+
+
+def _common(p):
+    p.add_argument("--chip-seed", type=int, default=0, help="seed of the emulated chip's mismatch")
+    p.add_argument("--no-noise", action="store_true", help="switch the chip's temporal noise off")
+    p.add_argument("--epochs", type=int, help="epochs (default: 15 digits, 30 MNIST/SHD)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate")
+    p.add_argument("--steps", type=int, help="time steps T of dt = 1 us (default 60; SHD 100)")
+    p.add_argument("--reg", type=float, default=TrainConfig.reg,
+                   help="spike-count regulariser strength (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="weight init and batch order")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu) | cpu | cuda[:i]")
+    p.add_argument("--limit-train", type=int, metavar="N", help="use only the first N training samples")
+    p.add_argument("--limit-test", type=int, metavar="N", help="use only the first N test samples")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout; progress and logs go to stderr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_device(text):
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UserError(f"--device {text}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {text}: no CUDA device is visible on this machine; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise UserError(f"{name} must be >= 1, got {value}")
+
+
+def _config(args, dataset_name):
+    for name in ("epochs", "batch_size", "steps", "limit_train", "limit_test"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if not args.lr > 0:
+        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if args.reg < 0:
+        raise UserError(f"--reg must be >= 0, got {args.reg}")
+    cfg = TrainConfig(task=args.task, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
+                      seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name])
+    if args.task == "shd":
+        cfg = replace(cfg, steps=args.steps or 100, loss_scale=1.0)
+    elif args.steps:
+        cfg = replace(cfg, steps=args.steps, t_last=max(1, args.steps // 2))
+    return cfg
+
+
+def _load(args, steps):
+    if args.task == "shd":
+        from .shd import load_shd
+        if not args.data:
+            raise UserError("--task shd needs --data DIR, the folder with shd_train.h5 and shd_test.h5")
+        return load_shd(args.data, steps=steps)
+    return load_images(args.data, seed=0)
+
+
+def _chip(args):
+    from ..chip import Chip
+    if getattr(args, "ideal", False):
+        return Chip.ideal(seed=args.chip_seed)
+    try:
+        return Chip(seed=args.chip_seed, mismatch=args.mismatch, noise=not args.no_noise)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--mismatch / --chip-seed: {e}") from None
+
+
+def _start_distributed(device):
+    """Join torchrun's process group (WORLD_SIZE > 1); returns the device of this rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    import torch.distributed as dist
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    return device
+
+
+def _logger(args, main=True):
+    stream = sys.stderr if args.json else sys.stdout
+    return (lambda msg: print(msg, file=stream, flush=True)) if main else (lambda msg: None)
+
+
+def cmd_train(args):
+    try:
+        return _train(args)
+    except USER_ERRORS as e:
+        raise UserError(str(e)) from None
+
+
+def _train(args):
+    from . import plots
+    device = _start_distributed(resolve_device(args.device))
+    main = int(os.environ.get("RANK", "0")) == 0
+    log = _logger(args, main)
+    out = prepare_out(args.out)
+    dataset_name = "shd" if args.task == "shd" else ("mnist" if args.data else "digits")
+    cfg = _config(args, dataset_name)
+    dataset = _load(args, cfg.steps).subset(args.limit_train, args.limit_test)
+    chip = _chip(args)
+    log(f"{dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test samples; "
+        f"{chip!r}; device {device}; {cfg.epochs} epochs of batch {cfg.batch_size}, T={cfg.steps}")
+
+    def on_epoch(model, history):
+        plots.plot_history(history, out / "curves.png")
+
+    model, history = fit(cfg, dataset, chip, device=device, out=out, resume=args.resume, log=log,
+                         progress=main and not args.no_progress, on_epoch=on_epoch)
+    if not main:
+        return 0
+    final = history[-1] if history else {}
+    plots.plot_history(history, out / "curves.png")
+    plots.plot_activity(cfg, model, dataset.x_test, dataset.y_test, out / "activity.png")
+    result = {"test_accuracy": final.get("test_accuracy"), "train_accuracy": final.get("train_accuracy"),
+              "loss": final.get("loss"), "epochs": len(history), "device": str(device),
+              "world_size": int(os.environ.get("WORLD_SIZE", "1")), "dataset": dataset.name,
+              "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
+              "spikes_per_hidden_neuron": final.get("test_spikes_per_hidden_neuron"),
+              "chip": chip.config(), "config": asdict(cfg), "history": history,
+              "out": str(out), "checkpoint": str(out / "checkpoint.pt"),
+              "plots": [str(out / "curves.png"), str(out / "activity.png")]}
+    write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"test accuracy {result['test_accuracy']:.4f} after {result['epochs']} epochs "
+              f"({dataset.name}, {chip.mismatch_label() if not chip.is_ideal else 'ideal'} chip, "
+              f"{device}); checkpoint, metrics.json, curves.png and activity.png in {out}")
+    return 0
+
+
+def cmd_selfcal(args):
+    try:
+        return _selfcal(args)
+    except USER_ERRORS as e:
+        raise UserError(str(e)) from None
+
+
+def _selfcal(args):
+    from . import plots, selfcal
+    device = resolve_device(args.device)
+    log = _logger(args)
+    out = prepare_out(args.out)
+    if args.quick and args.data:
+        raise UserError("--quick runs on the bundled digits; drop --data or --quick")
+    dataset_name = "mnist" if args.data else "digits"
+    cfg = _config(args, dataset_name)
+    if args.quick:
+        cfg = replace(cfg, epochs=args.epochs or 8, steps=args.steps or 40,
+                      t_last=(args.steps or 40) // 2)
+    dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
+    sigmas = tuple(args.sigmas) if args.sigmas else selfcal.SIGMAS
+    for s in sigmas:
+        if not 0.0 <= s <= 1.0:
+            raise UserError(f"--sigmas: sigma_d={s} is out of range; allowed [0, 1]")
+    log(f"self-calibration sweep on {dataset.name} ({len(dataset.y_train)} train / "
+        f"{len(dataset.y_test)} test), chip seed {args.chip_seed}, sigma_d {list(sigmas)}, "
+        f"{cfg.epochs} epochs, T={cfg.steps}, device {device}")
+    rows = selfcal.run(cfg, dataset, sigmas=sigmas, chip_seed=args.chip_seed,
+                       noise=not args.no_noise, device=device, log=log,
+                       progress=not args.no_progress)
+    selfcal.write_csv(rows, out / "selfcal.csv")
+    plots.plot_selfcal(rows, out / "selfcal.png")
+    result = {"rows": rows, "dataset": dataset.name, "epochs": cfg.epochs, "device": str(device),
+              "chip_seed": args.chip_seed, "noise": not args.no_noise, "config": asdict(cfg),
+              "csv": str(out / "selfcal.csv"), "plot": str(out / "selfcal.png")}
+    write_text(out / "selfcal.json", json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(selfcal.table(rows))
+        print(f"selfcal.csv, selfcal.json and selfcal.png in {out}")
+    return 0

@@ -1,0 +1,43 @@
+"""Latency coding and the losses of the paper's tasks.
+
+Latency code (one spike per pixel, earlier for brighter): a pixel of intensity x in [0, 1] above
+`cutoff` spikes once at step t = round(t_first + (1 - x) (t_last - t_first)); darker pixels stay
+silent. Spikes are time-major [T, B, pixels].
+"""
+import torch
+import torch.nn.functional as F
+
+from ..validation import check_number
+
+
+def latency_code(images, steps, *, t_first=0, t_last=None, cutoff=0.1):
+    """images [B, ...] in [0, 1] -> spikes [steps, B, prod(...)] (float, 0/1)."""
+    check_number("steps", steps, low=1, integer=True)
+    t_last = steps // 2 if t_last is None else t_last
+    check_number("t_first", t_first, low=0, high=steps - 1, integer=True)
+    check_number("t_last", t_last, low=t_first, high=steps - 1, integer=True)
+    check_number("cutoff", cutoff, low=0.0, high=1.0)
+    x = images.reshape(images.shape[0], -1)
+    t = torch.round(t_first + (1.0 - x) * (t_last - t_first)).long()
+    t = torch.where(x > cutoff, t, torch.full_like(t, steps))      # silent: index past the end
+    spikes = torch.zeros(steps + 1, *x.shape, dtype=torch.float32, device=images.device)
+    spikes.scatter_(0, t.unsqueeze(0), 1.0)
+    return spikes[:steps]
+
+
+def max_over_time_loss(readout, labels, *, scale=1.0):
+    """Cross-entropy of the readout membranes' maxima over time: readout [T, B, C], labels [B]."""
+    return F.cross_entropy(scale * readout.max(0).values, labels)
+
+
+def sum_over_time_loss(readout, labels, *, scale=1.0):
+    """Cross-entropy of the readout membranes summed over time (the SHD task)."""
+    return F.cross_entropy(scale * readout.mean(0), labels)
+
+
+def spike_regulariser(hidden_spikes, strength, target=0.0):
+    """strength * mean over neurons of (spikes per neuron and sample - target)_+^2: keeps rates low."""
+    if strength == 0:
+        return hidden_spikes.new_zeros(())
+    per_neuron = hidden_spikes.sum(0)                 # [B, H]
+    return strength * torch.clamp(per_neuron - target, min=0).pow(2).mean()

@@ -1,0 +1,252 @@
+"""Training in the loop: epochs, evaluation, metrics, checkpoints that resume exactly, several ranks.
+
+One epoch: the training set in a fixed order per (seed, epoch) (so a resumed run sees the same
+batches), each batch encoded to spikes, run on the chip (forward), and the in-the-loop gradient
+(backward) applied by Adam. Under torch.distributed (torchrun) every rank builds the same chip
+(same seed) and model and takes its slice batch[rank::world] of each global batch; DDP averages
+the gradients, and metrics are summed over ranks. Only rank 0 writes files and logs.
+"""
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
+from .files import save_torch
+from .model import mnist_network, shd_network
+
+CHECKPOINT_FORMAT = "bss2-train-checkpoint"
+CHECKPOINT_VERSION = 1
+TASKS = ("mnist", "shd")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run (saved in the checkpoint; a resume must match them)."""
+    task: str = "mnist"              # "mnist": 16x16 images, latency coded | "shd": binned spikes
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-4                 # Adam, on snntorch-unit weights (chip weights / 10)
+    steps: int = 60                  # T, time steps of dt = 1 us
+    t_last: int = 30                 # latest input spike (darkest pixel above the cutoff)
+    loss_scale: float = 5.0          # softmax temperature on the readout membranes (model units)
+    reg: float = 1e-3                # spike-count regulariser strength (0: off)
+    seed: int = 0                    # weight init and batch order
+
+    def network_signature(self, n_in, n_out):
+        return {"task": self.task, "n_in": n_in, "n_out": n_out, "steps": self.steps,
+                "t_last": self.t_last}
+
+
+def build_network(cfg, chip, n_in, n_out):
+    torch.manual_seed(cfg.seed)
+    if cfg.task == "shd":
+        return shd_network(chip) if n_in == 70 and n_out == 20 else \
+            _custom(chip, n_in, n_out, recurrent=True)
+    return mnist_network(chip) if n_in == 256 and n_out == 10 else _custom(chip, n_in, n_out)
+
+
+def _custom(chip, n_in, n_out, recurrent=False):
+    from .model import Network
+    return Network(chip, n_in, 128 if recurrent else 246, n_out, recurrent=recurrent)
+
+
+def encode(cfg, x):
+    """A batch of samples -> input spikes [T, B, features]."""
+    if cfg.task == "shd":
+        return x.transpose(0, 1).float()          # binned counts [B, T, 70] -> [T, B, 70]
+    return latency_code(x, cfg.steps, t_last=cfg.t_last)
+
+
+def loss_and_prediction(cfg, readout, labels):
+    if cfg.task == "shd":
+        return sum_over_time_loss(readout, labels, scale=cfg.loss_scale), readout.mean(0).argmax(1)
+    return max_over_time_loss(readout, labels, scale=cfg.loss_scale), readout.max(0).values.argmax(1)
+
+
+class Ranks:
+    """This process's place among torch.distributed ranks (world 1 when not distributed)."""
+
+    def __init__(self):
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def sum(self, values, device):
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.on:
+            dist.all_reduce(t)
+        return t.tolist()
+
+
+def batch_order(n, seed, epoch):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True):
+    """One training epoch; returns (mean loss, train accuracy, hidden spikes per neuron and sample)."""
+    model.train()
+    order = batch_order(len(y), cfg.seed, epoch)
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = [b for b in batches if len(b) >= ranks.world]
+    bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress and ranks.main)
+    totals = [0.0, 0.0, 0.0, 0.0]                 # loss * n, correct, hidden spikes, n
+    for idx in batches:
+        idx = idx[ranks.rank::ranks.world]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        hidden, readout = model(encode(cfg, xb))
+        loss, pred = loss_and_prediction(cfg, readout, yb)
+        total = loss + spike_regulariser(hidden, cfg.reg)
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        optimiser.step()
+        n = len(yb)
+        totals[0] += loss.item() * n
+        totals[1] += float((pred == yb).sum())
+        totals[2] += float(hidden.detach().sum())
+        totals[3] += n
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if bar is not None:
+        bar.close()
+    loss_sum, correct, spikes, n = ranks.sum(totals, device)
+    n_hidden = hidden.shape[-1]
+    return loss_sum / n, correct / n, spikes / (n * n_hidden)
+
+
+@torch.no_grad()
+def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256):
+    """Test accuracy (and hidden spikes per neuron and sample) of `model` on x, y."""
+    ranks = ranks or Ranks()
+    model.eval()
+    mine = torch.arange(len(y))[ranks.rank::ranks.world]
+    correct = spikes = 0.0
+    n_hidden = 1
+    for i in range(0, len(mine), batch_size):
+        idx = mine[i:i + batch_size]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        hidden, readout = model(encode(cfg, xb))
+        _, pred = loss_and_prediction(cfg, readout, yb)
+        correct += float((pred == yb).sum())
+        spikes += float(hidden.sum())
+        n_hidden = hidden.shape[-1]
+    correct, spikes = ranks.sum([correct, spikes], device)
+    return correct / len(y), spikes / (len(y) * n_hidden)
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not belong to this run (another network, chip or format)."""
+
+
+def make_checkpoint(cfg, model, optimiser, chip, epoch, history, signature):
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": asdict(cfg),
+            "network": signature, "model": _plain(model).state_dict(),
+            "optimizer": optimiser.state_dict(), "chip": chip.state_dict(), "epoch": epoch,
+            "history": history, "rng": torch.get_rng_state()}
+
+
+def _plain(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def check_checkpoint(state, path, cfg, chip, signature):
+    """Raise CheckpointError (one line, what differs and what to do) unless `state` fits this run."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a bss2 train checkpoint; remove it or pick another --out")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this bss2 reads "
+                              f"{CHECKPOINT_VERSION}; start afresh in another --out")
+    if state["network"] != signature:
+        diff = {k: (state["network"].get(k), v) for k, v in signature.items()
+                if state["network"].get(k) != v}
+        raise CheckpointError(f"{path} was written for another network ({_describe(diff)}: "
+                              f"saved vs requested); use the same --task/--data/--steps or another --out")
+    saved_chip = state["chip"]["config"]
+    if saved_chip != chip.config():
+        keys = [k for k in chip.config() if saved_chip.get(k) != chip.config()[k]]
+        diff = {k: (saved_chip.get(k), chip.config()[k]) for k in keys}
+        raise CheckpointError(f"{path} was trained on another chip ({_describe(diff)}: saved vs "
+                              f"requested); pass the same --chip-seed/--mismatch/--no-noise/--ideal "
+                              f"or another --out")
+    for key in ("batch_size", "lr", "seed", "loss_scale", "reg"):
+        if state["config"].get(key) != getattr(cfg, key):
+            raise CheckpointError(f"{path} was trained with {key}={state['config'].get(key)}, this run "
+                                  f"asks for {getattr(cfg, key)}; resume with the same value or use "
+                                  f"another --out")
+
+
+def _describe(diff):
+    return ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
+
+
+def restore(state, model, optimiser, chip):
+    _plain(model).load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimizer"])
+    chip.runs = int(state["chip"]["runs"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, progress=True,
+        on_epoch=None):
+    """Train cfg.task on `dataset` in the loop on `chip`. Returns (model, history).
+
+    With `out`, a checkpoint (model, optimiser, chip, epoch, history, RNG) is written after every
+    epoch to out/checkpoint.pt (atomically); resume=True continues from it exactly.
+    """
+    device = torch.device(device)
+    ranks = Ranks()
+    n_in = dataset.x_train[0].numel() if cfg.task != "shd" else dataset.x_train.shape[-1]
+    signature = cfg.network_signature(n_in, dataset.classes)
+    model = build_network(cfg, chip, n_in, dataset.classes).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start, history = 0, []
+    path = None if out is None else out / "checkpoint.pt"
+    if resume and path is not None and path.exists():
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); remove it or "
+                                  f"pick another --out") from None
+        check_checkpoint(state, path, cfg, chip, signature)
+        start, history = restore(state, model, optimiser, chip)
+        log(f"resumed from {path} after epoch {start}")
+    elif resume:
+        log(f"no checkpoint in {out}: starting afresh")
+    if ranks.on:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, broadcast_buffers=False)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        loss, train_acc, spikes = run_epoch(cfg, model, optimiser, dataset.x_train, dataset.y_train,
+                                            epoch, device, ranks, progress)
+        test_acc, test_spikes = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, ranks)
+        row = {"epoch": epoch + 1, "loss": loss, "train_accuracy": train_acc,
+               "test_accuracy": test_acc, "spikes_per_hidden_neuron": spikes,
+               "test_spikes_per_hidden_neuron": test_spikes, "seconds": time.time() - t0}
+        history.append(row)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss} in epoch {epoch + 1}; lower --lr")
+        log(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
+            f"test {test_acc:.4f}  spikes/hidden neuron/sample {spikes:.3f}  {row['seconds']:.1f}s")
+        if path is not None and ranks.main:
+            save_torch(make_checkpoint(cfg, model, optimiser, chip, epoch + 1, history, signature), path)
+        if on_epoch is not None and ranks.main:
+            on_epoch(_plain(model), history)
+    return _plain(model), history

@@ -1,0 +1,62 @@
+"""The paper's networks as ordinary snntorch code, run in the loop on an emulated chip.
+
+    mnist: 256 inputs -> 246 LIF -> 10 LI readout   (Cramer et al. 2022, Fig. 3; all 512 circuits)
+    shd:   70 inputs -> 128 recurrent LIF -> 20 LI readout
+
+Each layer is an nn.Linear (the chip's synapse array) followed by an snntorch neuron;
+bss2_backend.integrations.snntorch.convert places it on the chip, forward_pass runs it there.
+alpha = beta = 0.9 at dt = 1 us are the chip's tau_syn = tau_mem = 10 us; reset_mechanism="none"
+is the chip's leaky-integrator readout. snntorch weights are the chip's model-unit weights divided
+by 1 / (1 - beta) = 10, so the 6-bit range +-63 covers snntorch weights of about +-0.098.
+"""
+from collections import OrderedDict
+
+import snntorch as snn
+import torch
+from torch import nn
+
+from ..integrations.snntorch import convert, forward_pass
+
+ALPHA = BETA = 0.9
+
+
+class Network(nn.Module):
+    """forward(spikes [T, B, n_in]) -> (hidden spikes [T, B, n_hidden], readout membrane [T, B, n_out])."""
+
+    def __init__(self, chip, n_in=256, n_hidden=246, n_out=10, *, recurrent=False,
+                 hidden_init=(-0.002, 0.006), readout_init=(-0.03, 0.03)):
+        super().__init__()
+        self.sizes = (n_in, n_hidden, n_out, recurrent)
+        if recurrent:
+            lif = snn.RSynaptic(alpha=ALPHA, beta=BETA, linear_features=n_hidden, init_hidden=True,
+                                output=True, reset_mechanism="zero")
+            # the chip's recurrent synapses have no bias
+            lif.recurrent.register_parameter("bias", None)
+            nn.init.uniform_(lif.recurrent.weight, -0.002, 0.002)
+        else:
+            lif = snn.Synaptic(alpha=ALPHA, beta=BETA, init_hidden=True, output=True,
+                               reset_mechanism="zero")
+        self.hidden = nn.Sequential(OrderedDict(fc1=nn.Linear(n_in, n_hidden, bias=False), lif1=lif))
+        self.readout = nn.Sequential(OrderedDict(
+            fc2=nn.Linear(n_hidden, n_out, bias=False),
+            li=snn.Synaptic(alpha=ALPHA, beta=BETA, init_hidden=True, output=True,
+                            reset_mechanism="none")))
+        nn.init.uniform_(self.hidden.fc1.weight, *hidden_init)
+        nn.init.uniform_(self.readout.fc2.weight, *readout_init)
+        convert(self.hidden, chip=chip)
+        convert(self.readout, chip=chip)
+
+    def forward(self, spikes):
+        steps = spikes.shape[0]
+        hidden_spikes, _ = forward_pass(self.hidden, steps, spikes)
+        _, readout_membrane = forward_pass(self.readout, steps, hidden_spikes)
+        return hidden_spikes, readout_membrane
+
+
+def mnist_network(chip):
+    return Network(chip, 256, 246, 10)
+
+
+def shd_network(chip, n_hidden=128):
+    return Network(chip, 70, n_hidden, 20, recurrent=True, hidden_init=(-0.003, 0.006),
+                   readout_init=(-0.03, 0.03))

@@ -1,0 +1,72 @@
+"""Figures written to --out: training curves, a Fig-3A-like panel, the self-calibration sweep."""
+import torch
+
+from .files import save_figure
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_history(history, path):
+    """Loss and train/test accuracy per epoch."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [r["loss"] for r in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], marker="o", label="train")
+    ax_acc.plot(epochs, [r["test_accuracy"] for r in history], marker="o", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    ax_acc.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_activity(cfg, model, x, y, path, count=3):
+    """Input raster, hidden raster and readout traces of the first `count` test samples (Fig. 3A)."""
+    from .loop import encode
+    plt = _pyplot()
+    model.eval()
+    device = next(model.parameters()).device
+    spikes = encode(cfg, x[:count].to(device))
+    hidden, readout = model(spikes)
+    spikes, hidden, readout = spikes.cpu(), hidden.cpu(), readout.cpu()
+    count = spikes.shape[1]
+    fig, axes = plt.subplots(3, count, figsize=(3.3 * count, 7), sharex=True, squeeze=False)
+    for b in range(count):
+        label = int(y[b])
+        for row, (data, name) in enumerate(((spikes, "input"), (hidden, "hidden"))):
+            t, n = torch.nonzero(data[:, b] > 0, as_tuple=True)
+            ax = axes[row, b]
+            ax.scatter(t.numpy(), n.numpy(), s=2, c="k", marker="|")
+            ax.set(ylabel=f"{name} neuron", ylim=(-1, data.shape[-1]))
+        ax = axes[2, b]
+        for c in range(readout.shape[-1]):
+            ax.plot(readout[:, b, c].numpy(), lw=2.0 if c == label else 0.8,
+                    color="C3" if c == label else "0.6")
+        ax.set(xlabel="time step (us)", ylabel="readout membrane")
+        axes[0, b].set_title(f"test sample {b}, label {label}")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_selfcal(rows, path):
+    """Test accuracy against sigma_d: in the loop vs trained ideal and loaded (Fig. 4B)."""
+    plt = _pyplot()
+    s = [r["sigma_d"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(s, [r["itl_accuracy"] for r in rows], marker="o", label="trained in the loop")
+    ax.plot(s, [r["transfer_accuracy"] for r in rows], marker="s",
+            label="trained ideal, loaded on the chip")
+    ax.set(xlabel="decalibration sigma_d", ylabel="test accuracy", ylim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
