@@ -1,0 +1,169 @@
+"""The kernels as torch.library ops (opcheck, torch.compile), backend dispatch and bad input."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bss2_backend import LIFParams, ReadoutParams, Recurrence, Surrogate
+from bss2_backend.kernels import cuba_lif as kcl
+from bss2_backend.kernels import dispatch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+N = 5
+
+
+def params(n=N, **kw):
+    return LIFParams.uniform(n, a_mem=0.2, a_syn_exc=0.3, ref_steps=1, device=DEVICE, **kw)
+
+
+def fwd_args(recurrent, spiking=True, x_inh=True):
+    p = params()
+    par, ref = kcl.pack_params(p, torch.float32)
+    x = (torch.rand(4, 3, N, device=DEVICE) * 2).requires_grad_()
+    xi = torch.rand(4, 3, N, device=DEVICE).requires_grad_() if x_inh else None
+    w = torch.randn(N, N, device=DEVICE, requires_grad=True) if recurrent else None
+    we = torch.rand(N, N, device=DEVICE) if recurrent else None
+    wi = torch.rand(N, N, device=DEVICE) if recurrent else None
+    return (x, xi, par, ref, torch.randn(N, device=DEVICE), kcl.pack_nominal(p, torch.float32),
+            w, we, wi, 0.0, 0.0, True, 45.0, 80.0, 3, spiking, "atan", 4.0)
+
+
+@pytest.mark.parametrize("recurrent,spiking,x_inh", [
+    (False, True, True), (True, True, False), (False, False, True)])
+def test_forward_op_passes_opcheck(recurrent, spiking, x_inh):
+    torch.library.opcheck(kcl._fwd_op, fwd_args(recurrent, spiking, x_inh))
+
+
+def test_backward_op_passes_opcheck():
+    x, xi, par, ref, off, nom, w, we, wi, *scalars = fwd_args(True)
+    z, u, free = kcl._fwd_op(x.detach(), xi.detach(), par, ref, off, nom, None, we, wi, *scalars)
+    g = torch.randn_like(u)
+    torch.library.opcheck(kcl._bwd_op, (g, g, z, u, free, nom, w.detach(), True, True, "atan", 4.0))
+
+
+def _loss(x, xi, w):
+    p = params()
+    rec = Recurrence(w, torch.full((N, N), 0.25, device=DEVICE),
+                     torch.full((N, N), 0.125, device=DEVICE))
+    ro = ReadoutParams(torch.zeros(N, device=DEVICE), 0.0, True)
+    z, u = dispatch.run_lif(x, xi, p, p, ro, rec, 0.0, 3, Surrogate(), True)
+    return (z * 2 + u).sum()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiles_with_fullgraph(backend):
+    torch._dynamo.reset()
+    x = (torch.rand(4, 3, N, device=DEVICE) * 2).requires_grad_()
+    xi = torch.rand(4, 3, N, device=DEVICE).requires_grad_()
+    w = torch.randn(N, N, device=DEVICE, requires_grad=True)
+    compiled = torch.compile(_loss, fullgraph=True, backend=backend)
+    grads = []
+    for fn in (_loss, compiled):
+        loss = fn(x, xi, w)
+        grads.append((loss.detach(),) + torch.autograd.grad(loss, (x, xi, w)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _python(code, env):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _env_without_interpreter():
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def test_torch_and_auto_backends_never_import_triton():
+    code = """
+        import sys
+        import torch
+        from bss2_backend import Chip, LIFLayer, LILayer, LIFParams, cuba_lif, li
+        x = torch.rand(4, 2, 3)
+        p = LIFParams.uniform(3)
+        for backend in ("torch", "auto"):
+            cuba_lif(x, params=p, backend=backend)[1].sum()
+            li(x, params=p, backend=backend)
+        chip = Chip(seed=0)
+        z, u = LIFLayer(chip, 3, 4, recurrent=True)(x)
+        LILayer(chip, 4, 2)(z).sum().backward()
+        assert "triton" not in sys.modules, "triton was imported"
+        assert "bss2_backend.kernels.dispatch" not in sys.modules
+        print("clean")
+    """
+    r = _python(code, _env_without_interpreter())
+    assert r.returncode == 0 and "clean" in r.stdout, r.stderr
+
+
+def test_triton_backend_on_cpu_without_interpreter_raises_clearly():
+    code = """
+        import torch
+        from bss2_backend import LIFParams, cuba_lif
+        try:
+            cuba_lif(torch.rand(4, 2, 3), params=LIFParams.uniform(3), backend="triton")
+        except ValueError as e:
+            print("ERROR:", e)
+    """
+    r = _python(code, _env_without_interpreter())
+    assert r.returncode == 0, r.stderr
+    assert "ERROR:" in r.stdout and "TRITON_INTERPRET=1" in r.stdout and "cpu" in r.stdout
+
+
+def test_run_lif_without_interpreter_raises_clearly():
+    code = """
+        import torch
+        from bss2_backend import LIFParams, ReadoutParams, Surrogate
+        from bss2_backend.kernels import dispatch
+        p = LIFParams.uniform(3)
+        try:
+            dispatch.run_lif(torch.rand(4, 2, 3), None, p, p, ReadoutParams.ideal(3), None, 0.0,
+                             0, Surrogate(), True)
+        except ValueError as e:
+            print("ERROR:", e)
+    """
+    r = _python(code, _env_without_interpreter())
+    assert r.returncode == 0, r.stderr
+    assert "ERROR:" in r.stdout and "TRITON_INTERPRET=1" in r.stdout
+
+
+def run(x_exc, x_inh=None, p=None, nominal=None, readout=None, recurrence=None, surrogate=None):
+    n = x_exc.shape[-1] if isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3 else N
+    p = params(n) if p is None else p
+    readout = ReadoutParams.ideal(n, device=DEVICE) if readout is None else readout
+    return dispatch.run_lif(x_exc, x_inh, p, p if nominal is None else nominal, readout,
+                            recurrence, 0.0, 0, Surrogate() if surrogate is None else surrogate,
+                            True)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: run(torch.rand(0, 2, N, device=DEVICE)), ValueError, "T, B, N >= 1"),
+    (lambda: run(torch.rand(2, N, device=DEVICE)), ValueError, r"\[T, B, N\]"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), torch.rand(3, 2, N + 1, device=DEVICE)),
+     ValueError, "x_inh must have shape"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), torch.rand(3, 2, N, device=DEVICE).double()),
+     TypeError, "x_inh has dtype"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), torch.rand(3, 2, N, device="meta")),
+     ValueError, "x_inh is on meta"),
+    (lambda: run(torch.randint(0, 2, (3, 2, N), device=DEVICE)), TypeError, "floating-point"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), p=params(N + 1)), ValueError,
+     r"params.v_leak must be a tensor of shape \(5,\)"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), p=params().to(device="meta")), ValueError,
+     "params.v_leak is on meta"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), p=params()._replace(
+        ref_steps=torch.ones(N, device=DEVICE))), TypeError, "params.ref_steps must have an integer"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), readout=ReadoutParams.ideal(N + 2)),
+     ValueError, "readout.offset_lsb must have shape"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), recurrence=Recurrence(
+        *(torch.rand(N, N - 1, device=DEVICE),) * 3)), ValueError, "recurrence.weight must have"),
+    (lambda: run(torch.rand(3, 2, N, device=DEVICE), surrogate="atan"), TypeError,
+     "surrogate must be"),
+])
+def test_bad_input_raises_a_clear_error(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
