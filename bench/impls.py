@@ -191,7 +191,8 @@ def integration_unavailable(device=None):
 class Impl:
     """name: as in the CSV; kind: the workload kind it runs; build(workload, device, dtype) -> net;
     check(workload, device) -> checks.Check; unavailable(device) -> None or the reason;
-    baseline: the speedup column divides this implementation's time by the baseline's."""
+    baseline: the speedup column divides the baseline's time by this implementation's;
+    timed=False: checked only (the Triton interpreter on CPU says nothing about speed)."""
     name: str
     kind: str
     build: Callable
@@ -199,9 +200,10 @@ class Impl:
     unavailable: Callable = field(default=lambda device: None)
     backend: str = ""
     baseline: bool = False
+    timed: bool = True
 
 
-def _chip_impl(label, ideal, backend):
+def _chip_impl(label, ideal, backend, timed=True):
     def build(w, device, dtype=torch.float32):
         return build_chip(w, device, dtype, ideal=ideal, backend=backend)
 
@@ -217,7 +219,8 @@ def _chip_impl(label, ideal, backend):
         return result
 
     unavailable = triton_unavailable if backend == "triton" else (lambda device: None)
-    return Impl(f"bss2.{label}[{backend}]", "chip", build, check, unavailable, backend)
+    return Impl(f"bss2.{label}[{backend}]", "chip", build, check, unavailable, backend,
+                timed=timed)
 
 
 def _forward_pass_build(w, device, dtype=torch.float32):
@@ -238,6 +241,9 @@ def default_impls(device):
     impls = [_chip_impl("ideal", True, auto), _chip_impl("chip", False, auto)]
     if auto != "torch":
         impls.append(_chip_impl("ideal", True, "torch"))
+    else:
+        # on CPU the kernels run only in the interpreter: checked against the twin, not timed
+        impls.append(_chip_impl("chip", False, "triton", timed=False))
     reference = lambda w, device: checks.Check("reference", "baseline, not checked")
     impls += [
         Impl("snntorch", "chip", lambda w, d, dt=torch.float32: SnnTorchNet(w).to(d, dt),

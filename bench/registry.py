@@ -52,9 +52,11 @@ class Workload:
                        n_out=min(self.n_out, 4), T=min(self.T, 6), B=min(self.B, 3))
 
     def check_size(self):
-        """A small version for correctness checks: short T, small batch, hidden layer capped."""
+        """A small version for correctness checks: short T, small batch, capped layers, and inputs
+        dense enough that the hidden layer spikes."""
         return replace(self, n_in=min(self.n_in, 64), n_hidden=min(self.n_hidden, 48),
-                       n_out=min(self.n_out, 10), T=min(self.T, 24), B=min(self.B, 4))
+                       n_out=min(self.n_out, 10), T=min(self.T, 24), B=min(self.B, 4),
+                       rate=max(self.rate, 0.2))
 
 
 WORKLOADS = (

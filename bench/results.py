@@ -12,7 +12,7 @@ COLUMNS = (
     "median_ms", "q20_ms", "q80_ms", "samples", "samples_per_s",
     "gbytes", "gb_per_s", "floor_gb_per_s", "floor_fraction", "floor_source",
     "gflop", "gflop_per_s", "speedup_vs_snntorch",
-    "correctness", "correctness_detail", "status", "note",
+    "correctness", "correctness_detail", "status", "host_load", "note",
 )
 
 

@@ -137,7 +137,7 @@ def run_workload(w, impls, device, dev, env, options, say):
         return [_row(env, dev, wl, size, i, m, status="skipped", note=reason)
                 for i in mine for m in options.modes]
     x, labels = registry.make_inputs(wl, device)
-    rows = []
+    rows, ready = [], []
     for impl in mine:
         missing = impl.unavailable(device)
         if missing:
@@ -147,33 +147,42 @@ def run_workload(w, impls, device, dev, env, options, say):
             continue
         check = impl.check(wl, device)
         say(f"  {impl.name:22s} check {check.status}: {check.detail}")
+        verdict = dict(correctness=check.status, correctness_detail=check.detail)
+        if not impl.timed:
+            note = "checked only: the Triton interpreter on CPU is not a performance path"
+            rows += [_row(env, dev, wl, size, impl, m, status="not timed", note=note, **verdict)
+                     for m in options.modes]
+            continue
         try:
             torch.manual_seed(0)
-            net = impl.build(wl, device)
+            ready.append((impl, verdict, impl.build(wl, device)))
         except Exception as e:  # recorded, never a crash of the whole run
             note = f"build failed: {type(e).__name__}: {e}"
             say(f"  {impl.name:22s} {note}")
-            rows += [_row(env, dev, wl, size, impl, m, status="error", correctness=check.status,
-                          correctness_detail=check.detail, note=note) for m in options.modes]
-            continue
+            rows += [_row(env, dev, wl, size, impl, m, status="error", note=note, **verdict)
+                     for m in options.modes]
+    fns = {(impl.name, mode): _callable(net, x, labels, mode)
+           for impl, _, net in ready for mode in options.modes}
+    timings = timing.bench(fns, device, **_budget(options, device))
+    load = timing.host_load()
+    for impl, verdict, _ in ready:
         for mode in options.modes:
-            rows.append(_time_one(net, x, labels, wl, size, impl, mode, check, device, dev, env,
-                                  options))
-        del net
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            t = timings[(impl.name, mode)]
+            if isinstance(t, Exception):
+                rows.append(_row(env, dev, wl, size, impl, mode, status="error", host_load=load,
+                                 note=f"timing failed: {type(t).__name__}: {t}", **verdict))
+            else:
+                rows.append(_timed_row(t, wl, size, impl, mode, dev, env, host_load=load,
+                                       **verdict))
+    del ready, fns
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     _speedups(rows)
     return rows
 
 
-def _time_one(net, x, labels, w, size, impl, mode, check, device, dev, env, options):
-    base = dict(correctness=check.status, correctness_detail=check.detail)
-    try:
-        t = timing.bench(_callable(net, x, labels, mode), device, **_budget(options, device))
-    except Exception as e:
-        return _row(env, dev, w, size, impl, mode, status="error",
-                    note=f"timing failed: {type(e).__name__}: {e}", **base)
+def _timed_row(t, w, size, impl, mode, dev, env, **extra):
     seconds = t.median_ms / 1e3
     nbytes, nflop = metrics.traffic(w, mode), metrics.flops(w, mode)
     gbps = nbytes / seconds / 1e9
@@ -182,7 +191,7 @@ def _time_one(net, x, labels, w, size, impl, mode, check, device, dev, env, opti
                 q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
                 samples_per_s=w.B / seconds, gbytes=nbytes / 1e9, gb_per_s=gbps,
                 floor_gb_per_s=floor / 1e9, floor_fraction=gbps * 1e9 / floor,
-                gflop=nflop / 1e9, gflop_per_s=nflop / seconds / 1e9, **base)
+                gflop=nflop / 1e9, gflop_per_s=nflop / seconds / 1e9, **extra)
 
 
 def _speedups(rows):
@@ -207,6 +216,10 @@ def header(device, dev, env, options):
              f"device: {dev.name}; torch {env['torch']}, triton {env['triton']}, "
              f"snntorch {env['snntorch']}",
              f"bandwidth floor: {dev.floor_source}"]
+    load = timing.host_load()
+    if device.type == "cpu" and load != "":
+        lines.append(f"host load: {load:.2f} per core (other processes share these cores; "
+                     f"implementations are timed in interleaved rounds so they share it alike)")
     if device.type == "cpu":
         lines.append("CPU run: the chip layers run the torch path (backend auto -> torch, the "
                      "plain-PyTorch twin); the fused Triton kernels need CUDA and are not timed here")

@@ -76,25 +76,62 @@ def cpu_copy_bandwidth(n_bytes=256 * 2**20, repeats=5):
     return 2 * n_bytes / best
 
 
-def bench(fn, device, *, warmup_s=0.5, rep_s=2.0, min_samples=3, max_samples=100):
-    """Time fn() on `device`; returns Timing in milliseconds."""
+def bench(fns, device, *, warmup_s=0.5, rep_s=2.0, min_samples=3, max_samples=100):
+    """Time every callable of the dict `fns` on `device`; returns {key: Timing} in milliseconds,
+    or {key: Exception} for a callable that raised.
+
+    CUDA: do_bench, one callable after the other. CPU: interleaved rounds (each round calls every
+    callable once) so that load from other processes on the host hits all of them alike; rounds
+    continue until every callable has min_samples and rep_s of samples, or max_samples."""
     if torch.device(device).type == "cuda":
-        from triton.testing import do_bench
-        # do_bench's rep is a time budget in ms; it runs at least one call after its estimate
+        return {key: _do_bench(fn, warmup_s, rep_s) for key, fn in fns.items()}
+    out, times, spent = {}, {key: [] for key in fns}, dict.fromkeys(fns, 0.0)
+    live = dict(fns)
+    for key, fn in list(live.items()):
+        start = time.perf_counter()
+        try:
+            fn()
+            while time.perf_counter() - start < warmup_s:
+                fn()
+        except Exception as e:  # recorded for this callable; the others go on
+            out[key] = e
+            del live[key]
+    while live:
+        for key, fn in list(live.items()):
+            t = time.perf_counter()
+            try:
+                fn()
+            except Exception as e:
+                out[key] = e
+                del live[key]
+                continue
+            dt = time.perf_counter() - t
+            times[key].append(dt * 1e3)
+            spent[key] += dt
+            n = len(times[key])
+            if n >= max_samples or (n >= min_samples and spent[key] >= rep_s):
+                del live[key]
+    for key, samples in times.items():
+        if key not in out:
+            med, q20, q80 = np.quantile(samples, QUANTILES)
+            out[key] = Timing(float(med), float(q20), float(q80), len(samples))
+    return out
+
+
+def _do_bench(fn, warmup_s, rep_s):
+    from triton.testing import do_bench
+    try:
+        # do_bench's warmup and rep are time budgets in ms
         med, q20, q80 = do_bench(fn, warmup=int(warmup_s * 1000), rep=int(rep_s * 1000),
                                  quantiles=list(QUANTILES))
-        estimate = max(med, 1e-3)
-        return Timing(med, q20, q80, max(1, int(rep_s * 1000 / estimate)))
-    start = time.perf_counter()
-    fn()
-    while time.perf_counter() - start < warmup_s:
-        fn()
-    times = []
-    begin = time.perf_counter()
-    while len(times) < min_samples or (time.perf_counter() - begin < rep_s
-                                        and len(times) < max_samples):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    med, q20, q80 = np.quantile(times, QUANTILES)
-    return Timing(float(med), float(q20), float(q80), len(times))
+    except Exception as e:
+        return e
+    return Timing(med, q20, q80, max(1, int(rep_s * 1000 / max(med, 1e-3))))
+
+
+def host_load():
+    """1-minute load average per core ('' where the OS does not say)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return ""
