@@ -92,7 +92,8 @@ def plot_latest(csv_path, png_path):
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     first = rows[0]
-    fig.suptitle(f"bss2 bench {latest}: {first['device']}, torch {first['torch']}, "
+    tiny = " [TINY smoke-test shapes]" if first["size"] == "tiny" else ""
+    fig.suptitle(f"bss2 bench {latest}{tiny}: {first['device']}, torch {first['torch']}, "
                  f"commit {first['git_commit']}", fontsize=9)
     fig.tight_layout()
     png_path = Path(png_path)
