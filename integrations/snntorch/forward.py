@@ -1,8 +1,6 @@
 """forward_pass(net, num_steps, data): snntorch's tutorial helper, run over all time steps at once."""
 import numbers
 
-import snntorch
-import snntorch.utils
 import torch
 from torch import nn
 
@@ -24,8 +22,11 @@ def forward_pass(net, num_steps, data):
 
     Args:
         net: an nn.Sequential-style snntorch model (the last module a neuron, usually with
-            init_hidden=True, output=True). Its state is reset first (snntorch.utils.reset), as in
-            the tutorials, and its final state is written back to the neuron modules.
+            init_hidden=True, output=True). The state of every neuron in it (nested ones too) is
+            reset first and its final state is written back to the neuron modules. Unlike the
+            tutorial's snntorch.utils.reset(net) in snntorch 1.0, no other net's neurons are reset
+            (issue #438) and deep-copied nets are reset too (they are missing from
+            SpikingNeuron.instances).
         num_steps: number of time steps (int >= 1).
         data: static input fed at every step, [B, ...] (the tutorial's `net(data)`), or time-major
             input [num_steps, B, ...] (the tutorial's `net(data[step])`).
@@ -118,6 +119,13 @@ def _fusable(net):
     return None, seq
 
 
+def reset_net(net):
+    """Zero the state of every snntorch neuron in net (and only in net), detached."""
+    for m in net.modules():
+        if supported_kind(m) is not None:
+            m.reset_mem()
+
+
 def _merge(m, x):
     """Apply a stateless layer to [T, B, ...] as one batch of T*B."""
     T, B = x.shape[:2]
@@ -126,7 +134,7 @@ def _merge(m, x):
 
 
 def _fused_pass(net, seq, num_steps, x, static):
-    snntorch.utils.reset(net)
+    reset_net(net)
     out = None
     for name, m in seq:
         if supported_kind(m) is not None:
@@ -151,7 +159,7 @@ def _stepwise_pass(net, num_steps, data):
     else:
         static = not (data.dim() >= 2 and data.shape[0] == num_steps)
         x = data
-    snntorch.utils.reset(net)
+    reset_net(net)
     spk_rec, mem_rec = [], []
     for step in range(num_steps):
         out = net(x if static else x[step])
@@ -170,7 +178,7 @@ def _chip_pass(net, num_steps, data):
     x, static = split_time(seq, data, num_steps)
     if static:
         x = x.expand(num_steps, *x.shape)
-    snntorch.utils.reset(net)
+    reset_net(net)
     out, linear = None, None
     for name, m in seq:
         if isinstance(m, nn.Linear):

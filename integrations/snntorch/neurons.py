@@ -9,6 +9,7 @@ chip mode (after convert(model, chip=...)) a neuron runs only inside forward_pas
 whole sequence to the chip.
 """
 import snntorch as snn
+import torch
 
 from .notices import notice_once
 
@@ -49,6 +50,14 @@ class _BackendNeuron:
 
     def _bss2_step(self, input_, states):
         self._bss2_chip_guard()
+        for name, state in states.items():
+            # snntorch silently zeros a passed state of another shape; an empty or one-element one
+            # (init_*(), torch.zeros(1)) is the tutorials' way to start, so only larger ones raise
+            if isinstance(state, torch.Tensor) and state.numel() > 1 and isinstance(input_, torch.Tensor) \
+                    and state.shape != input_.shape:
+                raise ValueError(f"{type(self).__name__}: `{name}` has shape {tuple(state.shape)} but "
+                                 f"the input has shape {tuple(input_.shape)}; pass a state of the "
+                                 f"input's shape, or the empty one init_*() returns")
         from . import fused  # fused imports this module
         reason = fused.unfusable_reason(self, input_)
         if reason is not None:
