@@ -322,3 +322,16 @@ def test_bad_input_is_named():
         lif(torch.rand(2, 3), torch.zeros(3, 2))
     spk, mem = lif(torch.rand(2, 3), torch.zeros(1))   # the tutorials' torch.zeros(1) start
     assert mem.shape == (2, 3)
+
+
+def test_torch_path_never_imports_triton():
+    import subprocess
+    import sys
+    code = ("import sys, torch, snntorch as snn\n"
+            "from torch import nn\n"
+            "from bss2_backend.integrations.snntorch import convert, forward_pass\n"
+            "net = convert(nn.Sequential(nn.Linear(3, 2), snn.Leaky(0.9, init_hidden=True, output=True)))\n"
+            "forward_pass(net, 3, torch.rand(2, 3))[1].sum().backward()\n"
+            "assert 'triton' not in sys.modules, 'triton was imported'\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -1,0 +1,136 @@
+"""The snntorch neuron kernels against their twin: values and gradients, NaN-poisoned outputs.
+Without a GPU the kernels run in the Triton interpreter (tests/conftest.py), so shapes stay small."""
+import os
+
+import pytest
+import torch
+
+from bss2_backend.kernels.snntorch_ops import snntorch_neuron
+from bss2_backend.kernels.snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
+    RESET_NONE, RESET_SUB, RESET_ZERO, NeuronSpec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs CUDA or the Triton interpreter")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+VALUE_TOL = dict(rtol=1e-5, atol=1e-5)
+GRAD_TOL = dict(rtol=1e-4, atol=1e-4)
+SURROGATE_PARAM = {0: 0.0, 1: 2.0, 2: 5.0, 3: 5.0, 4: 0.0, 5: 0.7}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the kernel launchers allocate starts as NaN."""
+    from bss2_backend.kernels import utils
+    monkeypatch.setattr(utils, "alloc", lambda shape, dtype, device:
+                        torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+
+def _inputs(spec, T, S, seed):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(DEVICE).requires_grad_()
+    n = S[-1]
+    return dict(
+        x=rnd(T, *S, scale=1.2), u0=rnd(*S),
+        i0=rnd(*S) if spec.synaptic else None,
+        s0=(torch.rand(*S, generator=g) > 0.5).float().to(DEVICE).requires_grad_()
+        if spec.rec in (REC_ONE_TO_ONE, REC_DENSE) else None,
+        beta=torch.rand(n, generator=g).mul(0.9).to(DEVICE).requires_grad_(),
+        alpha=torch.tensor(0.7, device=DEVICE, requires_grad=True) if spec.synaptic else None,
+        theta=torch.rand(n, generator=g).add(0.5).to(DEVICE).requires_grad_(),
+        g=torch.tensor(1.5, device=DEVICE, requires_grad=True),
+        r=rnd(T, *S) if spec.rec == REC_EXTERNAL else None,
+        v=rnd(n) if spec.rec == REC_ONE_TO_ONE else None,
+        w=rnd(n, n, scale=0.3) if spec.rec == REC_DENSE else None,
+        bias=rnd(n) if spec.rec == REC_DENSE else None)
+
+
+def _run(spec, backend, T, S, seed=0):
+    kw = _inputs(spec, T, S, seed)
+    x, u0, i0, s0 = kw.pop("x"), kw.pop("u0"), kw.pop("i0"), kw.pop("s0")
+    spk, syn, mem = snntorch_neuron(spec, x, u0, i0, s0, backend=backend, **kw)
+    gen = torch.Generator().manual_seed(seed + 1)
+    cot = lambda t: torch.randn(t.shape, generator=gen).to(DEVICE)
+    loss = (spk * cot(spk)).sum() + (mem * cot(mem)).sum()
+    if syn is not None:
+        loss = loss + (syn * cot(syn)).sum()
+    leaves = [t for t in (x, u0, i0, s0, *kw.values()) if t is not None]
+    return (spk, syn, mem), torch.autograd.grad(loss, leaves)
+
+
+def _spec(synaptic, rec, reset, delay, late, surrogate):
+    return NeuronSpec(synaptic=synaptic, rec=rec, reset=reset,
+                      zero_before_decay=not synaptic and rec == REC_NONE, delay=delay,
+                      late_reset=late, surrogate=surrogate,
+                      surrogate_param=SURROGATE_PARAM[surrogate])
+
+
+CASES = [  # (synaptic, rec, reset, delay, late_reset, surrogate), T, step shape
+    ((False, REC_NONE, RESET_SUB, True, RESET_SUB, 1), 5, (7, 6)),
+    ((False, REC_NONE, RESET_ZERO, False, RESET_ZERO, 2), 4, (3, 5)),
+    ((False, REC_NONE, RESET_NONE, False, RESET_SUB, 3), 1, (1,)),
+    ((True, REC_NONE, RESET_SUB, False, RESET_SUB, 4), 6, (7, 3)),
+    ((True, REC_NONE, RESET_ZERO, True, RESET_ZERO, 5), 3, (2, 3, 4)),
+    ((False, REC_EXTERNAL, RESET_ZERO, False, RESET_ZERO, 1), 4, (5, 7)),
+    ((True, REC_EXTERNAL, RESET_NONE, True, RESET_NONE, 0), 3, (4, 4)),
+    ((False, REC_ONE_TO_ONE, RESET_SUB, False, RESET_SUB, 2), 5, (7, 9)),
+    ((True, REC_ONE_TO_ONE, RESET_ZERO, True, RESET_ZERO, 1), 4, (3, 5)),
+    ((False, REC_DENSE, RESET_SUB, True, RESET_SUB, 1), 5, (7, 9)),
+    ((True, REC_DENSE, RESET_ZERO, False, RESET_ZERO, 3), 4, (3, 20)),
+    ((True, REC_DENSE, RESET_NONE, True, RESET_NONE, 5), 1, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case,T,S", CASES)
+def test_kernel_matches_twin(case, T, S, poisoned):
+    spec = _spec(*case)
+    (out_t, grads_t), (out_k, grads_k) = _run(spec, "torch", T, S), _run(spec, "triton", T, S)
+    for a, b in zip(out_t, out_k):
+        if a is None:
+            assert b is None
+            continue
+        assert not torch.isnan(b).any()
+        if spec.rec == REC_DENSE:   # tl.dot sums in another order than F.linear
+            torch.testing.assert_close(b, a, **VALUE_TOL)
+        else:
+            assert torch.equal(a, b)
+    for a, b in zip(grads_t, grads_k):
+        assert not torch.isnan(b).any()
+        torch.testing.assert_close(b, a, **GRAD_TOL)
+
+
+def test_bad_arguments():
+    spec = NeuronSpec()
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(ValueError, match="u0 must have the shape"):
+        snntorch_neuron(spec, x, torch.zeros(2, 5), beta=0.9, theta=1.0, g=1.0)
+    with pytest.raises(ValueError, match="T >= 1"):
+        snntorch_neuron(spec, x[:0], torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
+    with pytest.raises(ValueError, match="beta of shape"):
+        snntorch_neuron(spec, x, torch.zeros(2, 4), beta=torch.ones(3), theta=1.0, g=1.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        snntorch_neuron(spec, x.half(), torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
+
+
+def test_forward_pass_on_the_triton_backend_matches_snntorch(poisoned):
+    import copy
+
+    import snntorch as snn
+    from snntorch import utils
+    from torch import nn
+
+    from bss2_backend.integrations.snntorch import convert, forward_pass
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Linear(6, 5), snn.RLeaky(0.9, linear_features=5, init_hidden=True),
+                          nn.Linear(5, 3), snn.Synaptic(0.8, 0.9, init_hidden=True, output=True))
+    ours = convert(copy.deepcopy(stock).to(DEVICE), backend="triton")
+    data = torch.rand(4, 3, 6) * 2
+    utils.reset(stock)
+    outs = [stock(data[t]) for t in range(4)]
+    spk_a, mem_a = torch.stack([o[0] for o in outs]), torch.stack([o[-1] for o in outs])
+    spk_b, mem_b = forward_pass(ours, 4, data.to(DEVICE))
+    assert torch.equal(spk_a, spk_b.cpu())
+    torch.testing.assert_close(mem_b.cpu(), mem_a, **VALUE_TOL)
+    mem_a.sum().backward()
+    mem_b.sum().backward()
+    for p, q in zip(stock.parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad.cpu(), p.grad, **GRAD_TOL)
