@@ -80,6 +80,8 @@ CASES = [  # (synaptic, rec, reset, delay, late_reset, surrogate), T, step shape
 ]
 
 
+# snntorch's sigmoid surrogate overflows exp() for u < -88/slope; both sides follow its formula
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.parametrize("case,T,S", CASES)
 def test_kernel_matches_twin(case, T, S, poisoned):
     spec = _spec(*case)

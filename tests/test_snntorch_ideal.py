@@ -284,6 +284,7 @@ def test_rsynaptic_reset_delay_false_runs_as_snntorch_computes_it():
     assert all(torch.equal(a, b) for a, b in zip(out_stock, out_ours))
 
 
+@pytest.mark.filterwarnings("ignore:Inhibition is an unstable feature:UserWarning")
 def test_fallbacks_say_why_once():
     forget()
     net = convert(nn.Sequential(nn.Linear(3, 4), snn.Leaky(0.9, init_hidden=True, output=True)))
@@ -303,6 +304,10 @@ def test_fallbacks_say_why_once():
     inhib = convert(nn.Sequential(snn.Leaky(0.9, inhibition=True)))[0]
     with pytest.warns(BackendNotice, match="inhibition"):
         inhib(torch.rand(2, 3))
+    net64 = convert(nn.Sequential(nn.Linear(3, 4).double(), snn.Leaky(0.9, init_hidden=True, output=True)))
+    with pytest.warns(BackendNotice, match="float64"):
+        spk, mem = forward_pass(net64, 3, torch.rand(2, 3, dtype=torch.float64))
+    assert mem.dtype == torch.float64
 
 
 def test_bad_input_is_named():

@@ -51,7 +51,7 @@ def forward_pass(net, num_steps, data):
         convert(net, chip)
     if is_chip_bound(net):
         return _chip_pass(net, num_steps, data)
-    reason, seq = _fusable(net)
+    reason, seq = _fusable(net, data)
     if reason is None:
         x, static = split_time(seq, data, num_steps)
         return _fused_pass(net, seq, num_steps, x, static)
@@ -97,8 +97,10 @@ def _hooked(net):
     return None
 
 
-def _fusable(net):
+def _fusable(net, data):
     """(None, sequence) when the net can run fused, else (reason, None)."""
+    if data.dtype != torch.float32:
+        return f"data is {data.dtype} (the fused path runs float32, as snntorch's spikes are)", None
     if not isinstance(net, nn.Sequential):
         return f"{type(net).__name__} is not an nn.Sequential (its forward is user code)", None
     hooked = _hooked(net)
