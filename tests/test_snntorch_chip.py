@@ -86,10 +86,13 @@ def test_recurrent_layer_runs_with_chip_recurrence():
 
 
 def test_warnings_say_what_the_chip_does_instead():
-    with pytest.warns(UserWarning, match="resets the membrane to v_reset") as record:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         convert(_net(reset="subtract", bias=True), Chip(seed=0))
-    messages = " ".join(str(w.message) for w in record)
-    assert "no biases" in messages and "'0'" in messages
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2, messages
+    assert "resets the membrane to v_reset" in messages[0] and "'1'" in messages[0]
+    assert "no biases" in messages[1] and "'0', '2'" in messages[1]
 
 
 def test_errors_for_what_the_chip_cannot_do():
