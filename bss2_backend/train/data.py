@@ -10,6 +10,7 @@ Every problem with a file is a DataError (a ValueError) whose message names the 
 wrong and what is expected.
 """
 import gzip
+import importlib.util
 import os
 import zlib
 from pathlib import Path
@@ -55,15 +56,26 @@ def resize(images, side=SIDE):
 
 def load_digits(seed=0, test_fraction=0.2):
     """scikit-learn's bundled 8x8 digits, upsampled to 16x16, split 80/20 with a fixed seed."""
-    from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)
-    y = torch.from_numpy(d.target.astype(np.int64))
+    table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float32)
+    x = torch.from_numpy(table[:, :-1].reshape(-1, 8, 8) / 16.0)
+    y = torch.from_numpy(table[:, -1].astype(np.int64))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(len(y) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     x = resize(x)
     return Dataset("digits", x[train], y[train], x[test], y[test], 10)
+
+
+def _digits_file():
+    """sklearn/datasets/data/digits.csv.gz, found without importing scikit-learn (slow to import)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the default digits data set comes with scikit-learn; pip install "
+                        "scikit-learn, or pass --data with MNIST")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DataError(f"scikit-learn's bundled digits are missing ({path}); reinstall scikit-learn")
+    return path
 
 
 def load_mnist(path):
