@@ -33,7 +33,7 @@ def _pair(make):
     torch.manual_seed(1)
     stock = make()
     ours = copy.deepcopy(stock)
-    convert(nn.Sequential(ours))
+    convert(nn.Sequential(ours), backend="torch")   # "auto" runs single CPU steps in snntorch's code
     return stock, ours
 
 
@@ -141,7 +141,7 @@ def test_explicit_loop_with_init_leaky_tutorial_pattern():
 
     torch.manual_seed(0)
     stock = Net()
-    ours = convert(copy.deepcopy(stock))
+    ours = convert(copy.deepcopy(stock), backend="torch")
     assert isinstance(ours.lif1, backend.Leaky)
     x, y = torch.rand(6, 10) * 3, torch.randint(0, 3, (6,))
     (sa, ma), (sb, mb) = stock(x), ours(x)
@@ -228,7 +228,8 @@ def test_bptt_trains_backend_net():
         from snntorch import backprop
     torch.manual_seed(0)
     net = convert(nn.Sequential(nn.Linear(6, 5), snn.Leaky(0.9, init_hidden=True),
-                                nn.Linear(5, 3), snn.Leaky(0.9, init_hidden=True, output=True)))
+                                nn.Linear(5, 3), snn.Leaky(0.9, init_hidden=True, output=True)),
+                  backend="torch")
     data = torch.rand(4, 8, 6) * 2
     targets = torch.randint(0, 3, (8,))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -298,10 +299,10 @@ def test_fallbacks_say_why_once():
 
     def my_spike(u):
         return (u > 0).float()
-    lif = convert(nn.Sequential(snn.Leaky(0.9, spike_grad=my_spike)))[0]
+    lif = convert(nn.Sequential(snn.Leaky(0.9, spike_grad=my_spike)), backend="torch")[0]
     with pytest.warns(BackendNotice, match="my_spike"):
         lif(torch.rand(2, 3))
-    inhib = convert(nn.Sequential(snn.Leaky(0.9, inhibition=True)))[0]
+    inhib = convert(nn.Sequential(snn.Leaky(0.9, inhibition=True)), backend="torch")[0]
     with pytest.warns(BackendNotice, match="inhibition"):
         inhib(torch.rand(2, 3))
     net64 = convert(nn.Sequential(nn.Linear(3, 4).double(), snn.Leaky(0.9, init_hidden=True, output=True)))
@@ -322,7 +323,7 @@ def test_bad_input_is_named():
         forward_pass(net, 0, torch.rand(2, 3))
     with pytest.raises(ValueError, match="fits neither"):
         forward_pass(net, 4, torch.rand(4, 2, 2, 3))
-    lif = convert(nn.Sequential(snn.Leaky(0.9)))[0]
+    lif = convert(nn.Sequential(snn.Leaky(0.9)), backend="torch")[0]
     with pytest.raises(ValueError, match="`mem` has shape"):
         lif(torch.rand(2, 3), torch.zeros(3, 2))
     spk, mem = lif(torch.rand(2, 3), torch.zeros(1))   # the tutorials' torch.zeros(1) start
@@ -340,3 +341,15 @@ def test_torch_path_never_imports_triton():
             "assert 'triton' not in sys.modules, 'triton was imported'\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_state_written_back_supports_detach_hidden_and_revert():
+    make = lambda: nn.Sequential(nn.Linear(4, 3), snn.Synaptic(0.5, 0.9, init_hidden=True, output=True))
+    stock, net = make(), convert(make())   # not deep copies: those miss SpikingNeuron.instances
+    spk, mem = forward_pass(net, 5, torch.rand(5, 2, 4))
+    assert net[1].mem.grad_fn is not None and torch.equal(net[1].mem, mem[-1])
+    snn.Synaptic.detach_hidden()              # TBPTT: the written-back state detaches in place
+    assert net[1].mem.grad_fn is None and net[1].syn.grad_fn is None
+    backend.revert(net)
+    assert type(net[1]) is snn.Synaptic
+    assert net.state_dict().keys() == stock.state_dict().keys()

@@ -3,7 +3,8 @@
 Each class has the constructor, forward signature, returns, parameters, buffers and state handling
 of its snntorch parent (it is one: isinstance, utils.reset, SpikingNeuron.instances and state_dict
 keys are unchanged). In ideal mode a step runs the fused neuron op (the same arithmetic as
-snntorch, in the same order); what the op does not cover (inhibition, state_quant, custom spike
+snntorch, in the same order) on CUDA tensors or with backend="torch"/"triton" (with "auto", a single
+step on the CPU runs snntorch's own code: nothing to fuse there); what the op does not cover (inhibition, state_quant, custom spike
 functions, dtypes other than float32, Alpha) runs snntorch's own code, with a one-time notice. In
 chip mode (after convert(model, chip=...)) a neuron runs only inside forward_pass, which hands the
 whole sequence to the chip.
@@ -59,6 +60,10 @@ class _BackendNeuron:
                 raise ValueError(f"{type(self).__name__}: `{name}` has shape {tuple(state.shape)} but "
                                  f"the input has shape {tuple(input_.shape)}; pass a state of the "
                                  f"input's shape, or the empty one init_*() returns")
+        if self._bss2_backend == "auto" and isinstance(input_, torch.Tensor) and input_.device.type == "cpu":
+            # one step on the CPU has nothing to fuse: snntorch's own code is as fast (forward_pass
+            # is where the CPU gains); backend="torch" runs the twin per step instead
+            return None
         from . import fused  # fused imports this module
         reason = fused.unfusable_reason(self, input_)
         if reason is not None:
