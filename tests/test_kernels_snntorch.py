@@ -113,14 +113,16 @@ def test_bad_arguments():
         snntorch_neuron(spec, x.half(), torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
 
 
-def test_forward_pass_on_the_triton_backend_matches_snntorch(poisoned):
+@pytest.mark.parametrize("dense_max", [128, 4])   # 4: the recurrent GEMM runs step by step
+def test_forward_pass_on_the_triton_backend_matches_snntorch(poisoned, monkeypatch, dense_max):
     import copy
 
     import snntorch as snn
     from snntorch import utils
     from torch import nn
 
-    from bss2_backend.integrations.snntorch import convert, forward_pass
+    from bss2_backend.integrations.snntorch import convert, forward_pass, fused
+    monkeypatch.setattr(fused, "DENSE_MAX_FEATURES", dense_max)
     torch.manual_seed(0)
     stock = nn.Sequential(nn.Linear(6, 5), snn.RLeaky(0.9, linear_features=5, init_hidden=True),
                           nn.Linear(5, 3), snn.Synaptic(0.8, 0.9, init_hidden=True, output=True))

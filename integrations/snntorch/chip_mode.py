@@ -208,7 +208,7 @@ def run_layer(binding, linear, module, spikes):
     noise = chip.noise.membrane_lsb
     if m.readout:
         u = li(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
-               membrane_noise_lsb=noise, seed=chip.next_seed())
+               membrane_noise_lsb=noise, seed=chip.next_seed(), backend=module._bss2_backend)
         return torch.zeros_like(u), u * m.threshold
     recurrence = None
     if m.recurrent != "none":
@@ -222,5 +222,5 @@ def run_layer(binding, linear, module, spikes):
         recurrence = Recurrence(w_rec, exc_r, inh_r)
     z, u = cuba_lif(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
                     recurrence=recurrence, membrane_noise_lsb=noise, seed=chip.next_seed(),
-                    surrogate=chip.surrogate)
+                    surrogate=chip.surrogate, backend=module._bss2_backend)
     return z, u * m.threshold

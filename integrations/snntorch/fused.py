@@ -12,6 +12,7 @@ import torch
 from snntorch._neurons.neurons import SpikingNeuron
 from torch import nn
 
+from bss2_backend.dynamics import resolve_backend
 from bss2_backend.kernels.snntorch_ops import snntorch_neuron
 from bss2_backend.kernels.snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
     RESET_NONE, RESET_SUB, RESET_ZERO, SURROGATE_IDS, SURROGATE_NONE, NeuronSpec
@@ -22,6 +23,8 @@ from .notices import notice_once
 STATES = {"leaky": ("mem",), "lapicque": ("mem",), "synaptic": ("syn", "mem"),
           "rleaky": ("spk", "mem"), "rsynaptic": ("spk", "syn", "mem")}
 UPDATES = {"_base_sub": RESET_SUB, "_base_zero": RESET_ZERO, "_base_int": RESET_NONE}
+# dense recurrence keeps [N, N] weights in one tile; wider layers run the recurrent GEMM per step
+DENSE_MAX_FEATURES = 128
 SURROGATE_PARAM = {"atan": "alpha", "fast_sigmoid": "slope", "sigmoid": "slope",
                    "triangular": "threshold"}
 
@@ -123,6 +126,18 @@ def _run(module, kind, spec, x, states, backend):
                            **rec)
 
 
+def _dense_by_steps(module, kind, x, current):
+    """Recurrence too wide for one tile: the recurrent GEMM per step, the neuron op per step."""
+    spec = spec_of(module, multistep=False)
+    outs, states = [], dict(current)
+    for t in range(x.shape[0]):
+        spk, syn, mem = _run(module, kind, spec, x[t:t + 1], states, "triton")
+        states = {"spk": spk[0], "mem": mem[0], **({"syn": syn[0]} if syn is not None else {})}
+        outs.append((spk, syn, mem))
+    cat = lambda i: None if outs[0][i] is None else torch.cat([o[i] for o in outs])
+    return cat(0), cat(1), cat(2)
+
+
 def _prologue(module, kind, step_shape, like):
     for name in STATES[kind]:
         state = getattr(module, name)
@@ -165,7 +180,11 @@ def multistep(module, x):
         raise TypeError(f"{type(module).__name__}: the fused forward_pass runs float32 inputs and "
                         f"state; got input {x.dtype}")
     spec = spec_of(module, multistep=True)
-    spk, syn, mem = _run(module, kind, spec, x, current, module._bss2_backend)
+    backend = resolve_backend(module._bss2_backend, x.device)
+    if spec.rec == REC_DENSE and backend == "triton" and x.shape[-1] > DENSE_MAX_FEATURES:
+        spk, syn, mem = _dense_by_steps(module, kind, x, current)
+    else:
+        spk, syn, mem = _run(module, kind, spec, x, current, backend)
     before_last = mem[-2] if x.shape[0] > 1 else current["mem"]
     module.reset = (before_last > module.threshold).float().detach()
     module.mem = mem[-1].clone()
