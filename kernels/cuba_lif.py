@@ -45,7 +45,7 @@ def cuba_lif_fwd_kernel(
     T, B, N,
     HAS_INH: tl.constexpr, HAS_REC: tl.constexpr, SPIKING: tl.constexpr,
     QUANTISE: tl.constexpr, MEM_NOISE: tl.constexpr, READ_NOISE: tl.constexpr,
-    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_n, i_b = tl.program_id(0), tl.program_id(1)
     o_b = i_b * BB + tl.arange(0, BB)
@@ -91,8 +91,8 @@ def cuba_lif_fwd_kernel(
                     # [BK, BN]
                     b_we = tl.load(w_exc_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
                     b_wi = tl.load(w_inh_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
-                    b_re += tl.dot(b_zk, b_we, input_precision="ieee")
-                    b_ri += tl.dot(b_zk, b_wi, input_precision="ieee")
+                    b_re += tl.dot(b_zk, b_we, input_precision=PRECISION)
+                    b_ri += tl.dot(b_zk, b_wi, input_precision=PRECISION)
             b_xe = b_xe + b_re
             b_xi = b_xi + b_ri
         b_v = b_v + b_amem * ((b_vleak - b_v) + (b_ie - b_ii))
@@ -137,7 +137,7 @@ def cuba_lif_bwd_kernel(
     alpha, T, B, N,
     HAS_GZ: tl.constexpr, HAS_GU: tl.constexpr, HAS_INH: tl.constexpr, HAS_REC: tl.constexpr,
     SPIKING: tl.constexpr, KIND: tl.constexpr,
-    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_n, i_b = tl.program_id(0), tl.program_id(1)
     o_b = i_b * BB + tl.arange(0, BB)
@@ -194,8 +194,8 @@ def cuba_lif_bwd_kernel(
                 # [BK, BN]: rows postsynaptic, columns presynaptic
                 b_w = tl.load(w + o_k[:, None] * N + o_n[None, :],
                               mask=m_k[:, None] & m_n[None, :], other=0.0)
-                b_gzrec += tl.dot(b_lek, tl.maximum(b_w, 0.0), input_precision="ieee")
-                b_gzrec += tl.dot(b_lik, tl.maximum(-b_w, 0.0), input_precision="ieee")
+                b_gzrec += tl.dot(b_lek, tl.maximum(b_w, 0.0), input_precision=PRECISION)
+                b_gzrec += tl.dot(b_lik, tl.maximum(-b_w, 0.0), input_precision=PRECISION)
         b_lv = b_keep_m * b_g
         b_le = b_amem * b_g + b_keep_e * b_le
         b_li = b_keep_i * b_li - b_amem * b_g
@@ -217,6 +217,18 @@ def _blocks(B, N, recurrent):
     elems = 1 << 14 if utils.interpreting() else 512
     bb = min(utils.next_pow2(B), max(1, elems // bn))
     return bb, bn, 16, 4
+
+
+def _dot_precision(dtype):
+    """fp32 tl.dot: IEEE in the interpreter (bit-equal to the twin); tf32x3 on a GPU (tensor
+    cores, error ~2^-22 relative: exact for spikes times weights with <= 22 significant bits)."""
+    return "ieee" if utils.interpreting() or dtype == torch.float64 else "tf32x3"
+
+
+def _stages(recurrent):
+    """One stage for the recurrent W tiles: multi-buffering them overflows shared memory at
+    N = 1024 (264 KB for sm_90 at 3 stages, 66 KB at 1) and costs registers."""
+    return 1 if recurrent else 3
 
 
 def _grid(B, N, bb, bn):
@@ -242,7 +254,8 @@ def cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_no
         T, B, N,
         HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking, QUANTISE=quantise,
         MEM_NOISE=membrane_noise_lsb > 0, READ_NOISE=readout_noise_lsb > 0,
-        BB=bb, BN=bn, BK=bk, num_warps=warps, enable_fp_fusion=False,
+        BB=bb, BN=bn, BK=bk, PRECISION=_dot_precision(dt), num_warps=warps,
+        num_stages=_stages(recurrent), enable_fp_fusion=False,
     )
     return z, u, free
 
@@ -263,7 +276,8 @@ def cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
         alpha, T, B, N,
         HAS_GZ=g_z is not None and spiking, HAS_GU=g_u is not None, HAS_INH=has_inh,
         HAS_REC=recurrent, SPIKING=spiking, KIND=KINDS.index(kind),
-        BB=bb, BN=bn, BK=bk, num_warps=warps, enable_fp_fusion=False,
+        BB=bb, BN=bn, BK=bk, PRECISION=_dot_precision(dt), num_warps=warps,
+        num_stages=_stages(recurrent), enable_fp_fusion=False,
     )
     return g_exc, g_inh
 
