@@ -68,6 +68,9 @@ def _common(p):
     p.add_argument("--json", action="store_true",
                    help="one JSON object on stdout; progress and logs go to stderr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per process (default 1: the per-step tensors are small, and "
+                        "more threads mostly spin when cores are shared)")
 
 
 def resolve_device(text):
@@ -139,7 +142,6 @@ def _start_distributed(device):
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
     return device
 
 
@@ -157,6 +159,8 @@ def cmd_train(args):
 
 def _train(args):
     from . import plots
+    _positive("--threads", args.threads)
+    torch.set_num_threads(args.threads)
     device = _start_distributed(resolve_device(args.device))
     main = int(os.environ.get("RANK", "0")) == 0
     log = _logger(args, main)
@@ -205,6 +209,8 @@ def cmd_selfcal(args):
 
 def _selfcal(args):
     from . import plots, selfcal
+    _positive("--threads", args.threads)
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     log = _logger(args)
     out = prepare_out(args.out)
