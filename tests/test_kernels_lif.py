@@ -13,6 +13,9 @@ from bss2_backend.kernels import cuba_lif as kcl
 from bss2_backend.kernels import dispatch, utils
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="chip-sized shapes run compiled on a GPU only; the "
+                                      "interpreter covers the same code paths on small shapes")
 
 # Relative RMS error ||ref - tri|| / ||ref||; spikes are compared exactly (noise off, no FMA).
 TOL = {
@@ -253,3 +256,20 @@ def test_small_tiles_give_the_same_result(monkeypatch, recurrent):
         assert rel_rms(g0, g1) <= TOL["grad_recurrent"]
     else:
         assert torch.equal(g0, g1)
+
+
+@cuda_only
+@pytest.mark.parametrize("N,recurrent", [(246, False), (4096, False), (186, True), (512, True),
+                                         (1024, True)])
+def test_compiled_chip_sized_shapes_match_twin(N, recurrent):
+    T, B = 50, 37
+    params, nominal = random_params(N, True)
+    x_exc, x_inh = inputs(T, B, N)
+    rec = None
+    if recurrent:
+        rec = Recurrence(torch.randn(N, N, device=DEVICE) / N ** 0.5, dyadic((N, N), 4, 256.0),
+                         dyadic((N, N), 4, 256.0))
+        x_exc = x_exc * 0.5
+    ref, tri = run_both(x_exc, x_inh, params, nominal, readout_for(N, True), rec)
+    assert ref[0].sum() > 0
+    check(ref, tri, grad_tol=TOL["grad_recurrent"])
