@@ -50,8 +50,8 @@ def _surrogate(u, KIND: tl.constexpr, p):
 
 @triton.jit
 def snntorch_neuron_fwd_kernel(
-    p_x, p_r, p_beta, p_alpha, p_theta, p_g, p_v, p_w, p_bias,
-    p_spk, p_syn, p_mem, p_pre,             # spk, syn, mem: [T + 1, M], row 0 the initial state
+    p_x, p_r, p_u0, p_i0, p_s0, p_beta, p_alpha, p_theta, p_g, p_v, p_w, p_bias,
+    p_spk, p_syn, p_mem, p_pre,
     T, M, N,
     SYNAPTIC: tl.constexpr, REC: tl.constexpr, RESET: tl.constexpr, ZERO_PRE: tl.constexpr,
     DELAY: tl.constexpr, LATE_RESET: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
@@ -59,15 +59,15 @@ def snntorch_neuron_fwd_kernel(
     i_p = tl.program_id(0)
     offs, mask = _offsets(i_p, M, N, REC == 3, BB, BN)
     # [BB, BN] state and per-element parameters
-    b_u = tl.load(p_mem + offs, mask=mask, other=0.0)
+    b_u = tl.load(p_u0 + offs, mask=mask, other=0.0)
     b_beta = tl.load(p_beta + offs, mask=mask, other=0.0)
     b_theta = tl.load(p_theta + offs, mask=mask, other=0.0)
     b_g = tl.load(p_g + offs, mask=mask, other=1.0)
     if SYNAPTIC:
-        b_i = tl.load(p_syn + offs, mask=mask, other=0.0)
+        b_i = tl.load(p_i0 + offs, mask=mask, other=0.0)
         b_alpha = tl.load(p_alpha + offs, mask=mask, other=0.0)
     if REC == 2 or REC == 3:
-        b_s = tl.load(p_spk + offs, mask=mask, other=0.0)
+        b_s = tl.load(p_s0 + offs, mask=mask, other=0.0)
     if REC == 2:
         b_v = tl.load(p_v + offs, mask=mask, other=0.0)
     if REC == 3:
@@ -109,15 +109,15 @@ def snntorch_neuron_fwd_kernel(
                 b_u = b_u1 - b_d * b_theta
             elif LATE_RESET == 1:
                 b_u = b_u1 - b_d * b_u1
-        tl.store(p_spk + (t + 1) * M + offs, b_s, mask=mask)
-        tl.store(p_mem + (t + 1) * M + offs, b_u, mask=mask)
+        tl.store(p_spk + t * M + offs, b_s, mask=mask)
+        tl.store(p_mem + t * M + offs, b_u, mask=mask)
         if SYNAPTIC:
-            tl.store(p_syn + (t + 1) * M + offs, b_i, mask=mask)
+            tl.store(p_syn + t * M + offs, b_i, mask=mask)
 
 
 @triton.jit
 def snntorch_neuron_bwd_kernel(
-    p_gspk, p_gsyn, p_gmem, p_spk, p_syn, p_mem, p_pre,
+    p_gspk, p_gsyn, p_gmem, p_spk, p_syn, p_mem, p_pre,   # syn, mem: [T + 1, M], row 0 initial
     p_beta, p_alpha, p_theta, p_g, p_v, p_w,
     p_gx, p_gu0, p_gi0, p_gs0, p_gbeta, p_galpha, p_gtheta, p_gg,
     T, M, N, surrogate_param,
@@ -148,7 +148,7 @@ def snntorch_neuron_bwd_kernel(
         t = T - 1 - i_t
         b_u = tl.load(p_mem + t * M + offs, mask=mask, other=0.0)
         b_reset = (b_u > b_theta).to(tl.float32)
-        b_s = tl.load(p_spk + (t + 1) * M + offs, mask=mask, other=0.0)
+        b_s = tl.load(p_spk + t * M + offs, mask=mask, other=0.0)
         if DELAY:
             b_u1 = tl.load(p_mem + (t + 1) * M + offs, mask=mask, other=0.0)
         else:
@@ -256,25 +256,20 @@ def neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=Non
     T, S = x.shape[0], x.shape[1:]
     M, N, BB, BN, grid = _tile(spec, S)
     dev = x.device
-    spk = kutils.alloc((T + 1, M), torch.float32, dev)
-    mem = kutils.alloc((T + 1, M), torch.float32, dev)
-    syn = kutils.alloc((T + 1, M), torch.float32, dev) if spec.synaptic else spk
-    pre = kutils.alloc((T, M), torch.float32, dev) if not spec.delay else spk
-    mem[0] = u0.reshape(M)
-    if spec.synaptic:
-        syn[0] = i0.reshape(M)
-    spk[0] = s0.reshape(M) if s0 is not None else 0.0
+    spk = kutils.alloc((T, *S), torch.float32, dev)
+    mem = kutils.alloc((T, *S), torch.float32, dev)
+    syn = kutils.alloc((T, *S), torch.float32, dev) if spec.synaptic else None
+    pre = kutils.alloc((T, *S), torch.float32, dev) if not spec.delay else None
     dummy = x
+    c = lambda t: dummy if t is None else t.contiguous()
     snntorch_neuron_fwd_kernel[grid](
-        x.contiguous(), r.contiguous() if r is not None else dummy, _flat(beta, M),
+        x.contiguous(), c(r), c(u0), c(i0), c(s0), _flat(beta, M),
         _flat(alpha, M) if alpha is not None else dummy, _flat(theta, M), _flat(g, M),
         _flat(v, M) if v is not None else dummy, w.contiguous() if w is not None else dummy,
         bias.contiguous() if bias is not None else
         (torch.zeros(N, device=dev) if spec.rec == REC_DENSE else dummy),
-        spk, syn, mem, pre, T, M, N, BB=BB, BN=BN, enable_fp_fusion=False, **_flags(spec))
-    shape = (T, *S)
-    return (spk[1:].reshape(shape), syn[1:].reshape(shape) if spec.synaptic else None,
-            mem[1:].reshape(shape), pre.reshape(shape) if not spec.delay else None)
+        spk, c(syn), mem, c(pre), T, M, N, BB=BB, BN=BN, enable_fp_fusion=False, **_flags(spec))
+    return spk, syn, mem, pre
 
 
 def neuron_bwd(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
@@ -285,7 +280,6 @@ def neuron_bwd(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, 
     dev = mem.device
     # the kernel reads state t-1 at row t: prepend the initial state
     mem_all = torch.cat([u0.reshape(1, M), mem.reshape(T, M)])
-    spk_all = torch.cat([spk.new_zeros(1, M), spk.reshape(T, M)])
     syn_all = torch.cat([i0.reshape(1, M), syn.reshape(T, M)]) if spec.synaptic else mem_all
     g_x = kutils.alloc((T, M), torch.float32, dev)
     g_u0 = kutils.alloc((M,), torch.float32, dev)
@@ -296,7 +290,7 @@ def neuron_bwd(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, 
     dummy = g_x
     c = lambda t: t.contiguous() if t is not None else dummy
     snntorch_neuron_bwd_kernel[grid](
-        c(g_spk), c(g_syn), c(g_mem), spk_all, syn_all, mem_all, c(pre),
+        c(g_spk), c(g_syn), c(g_mem), spk.contiguous(), syn_all, mem_all, c(pre),
         _flat(beta, M), _flat(alpha, M) if alpha is not None else dummy, _flat(theta, M),
         _flat(g, M), _flat(v, M) if v is not None else dummy, c(w),
         g_x, g_u0, c(g_i0), c(g_s0), *(c(t) for t in grads),

@@ -1,9 +1,14 @@
 """snntorch's neurons over all time steps as one differentiable op, on the Triton kernels or the twin.
 
-The torch path (snntorch_reference) never imports Triton; backend="triton" imports the kernels
-(snntorch_neurons) on first use.
+Registered with torch.library (bss2::snntorch_neuron_fwd / _bwd, with fake implementations and
+autograd), so it passes opcheck and composes with torch.compile. The torch path
+(snntorch_reference) never imports Triton; backend="triton" imports the kernels (snntorch_neurons)
+on first use.
 """
+from typing import List, Optional, Tuple
+
 import torch
+from torch import Tensor
 
 from bss2_backend.dynamics import resolve_backend
 
@@ -18,37 +23,89 @@ def _impl(backend):
     return reference
 
 
-class _SnntorchNeuron(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, backend, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias):
-        impl = _impl(backend)
-        spk, syn, mem, pre = impl.neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias)
-        ctx.spec, ctx.backend = spec, backend
-        ctx.save_for_backward(spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w)
-        return spk, syn, mem
+def _spec(flags, surrogate_param):
+    synaptic, rec, reset, zero_pre, delay, late, surrogate = flags
+    return NeuronSpec(bool(synaptic), rec, reset, bool(zero_pre), bool(delay), late, surrogate,
+                      surrogate_param)
 
-    @staticmethod
-    def backward(ctx, g_spk, g_syn, g_mem):
-        spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w = ctx.saved_tensors
-        spec = ctx.spec
-        need = tuple(ctx.needs_input_grad[i] for i in (6, 7, 8, 9))
-        g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g = _impl(ctx.backend).neuron_bwd(
-            spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w,
-            need)
-        g_r = g_v = g_w = g_bias = None
-        if spec.rec == REC_EXTERNAL:
-            g_r = g_x
-        elif spec.rec in (REC_ONE_TO_ONE, REC_DENSE) and any(ctx.needs_input_grad[11:14]):
-            s_prev = torch.cat([s0.unsqueeze(0).to(g_x.dtype), spk[:-1].to(g_x.dtype)])
-            if spec.rec == REC_ONE_TO_ONE:
-                g_v = (g_x * s_prev).sum(0)
-            else:
-                n = w.shape[0]
-                g_x2 = g_x.reshape(-1, n)
-                g_w = g_x2.t() @ s_prev.reshape(-1, n)
-                g_bias = g_x2.sum(0) if ctx.needs_input_grad[13] else None
-        return (None, None, g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g, g_r, g_v, g_w,
-                g_bias)
+
+def _none_if_empty(t):
+    return None if t is None or t.numel() == 0 and t.dim() == 1 else t
+
+
+@torch.library.custom_op("bss2::snntorch_neuron_fwd", mutates_args=())
+def _fwd_op(x: Tensor, u0: Tensor, i0: Optional[Tensor], s0: Optional[Tensor], beta: Tensor,
+            alpha: Optional[Tensor], theta: Tensor, g: Tensor, r: Optional[Tensor],
+            v: Optional[Tensor], w: Optional[Tensor], bias: Optional[Tensor], flags: List[int],
+            surrogate_param: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    spec = _spec(flags, surrogate_param)
+    spk, syn, mem, pre = _impl(backend).neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v,
+                                                   w, bias)
+    return spk, x.new_empty(0) if syn is None else syn, mem, x.new_empty(0) if pre is None else pre
+
+
+@_fwd_op.register_fake
+def _(x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias, flags, surrogate_param, backend):
+    spec = _spec(flags, surrogate_param)
+    full = lambda: x.new_empty(x.shape)
+    return (x.new_empty(x.shape, dtype=torch.float32), full() if spec.synaptic else x.new_empty(0),
+            full(), x.new_empty(0) if spec.delay else full())
+
+
+@torch.library.custom_op("bss2::snntorch_neuron_bwd", mutates_args=())
+def _bwd_op(g_spk: Optional[Tensor], g_syn: Optional[Tensor], g_mem: Optional[Tensor], spk: Tensor,
+            syn: Tensor, mem: Tensor, pre: Tensor, u0: Tensor, i0: Optional[Tensor],
+            s0: Optional[Tensor], beta: Tensor, alpha: Optional[Tensor], theta: Tensor, g: Tensor,
+            v: Optional[Tensor], w: Optional[Tensor], need: List[bool], flags: List[int],
+            surrogate_param: float, backend: str) -> List[Tensor]:
+    spec = _spec(flags, surrogate_param)
+    out = _impl(backend).neuron_bwd(spec, g_spk, _none_if_empty(g_syn) if spec.synaptic else None,
+                                    g_mem, spk, _none_if_empty(syn), mem, _none_if_empty(pre), u0,
+                                    i0, s0, beta, alpha, theta, g, v, w, tuple(need))
+    return [mem.new_empty(0) if t is None else t for t in out]
+
+
+@_bwd_op.register_fake
+def _(g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w, need, flags,
+      surrogate_param, backend):
+    spec = _spec(flags, surrogate_param)
+    step = lambda cond: u0.new_empty(u0.shape) if cond else u0.new_empty(0)
+    recurrent = spec.rec in (REC_ONE_TO_ONE, REC_DENSE)
+    return [mem.new_empty(mem.shape), step(True), step(spec.synaptic), step(recurrent),
+            *(step(n) for n in need)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias, flags, surrogate_param, backend = inputs
+    spk, syn, mem, pre = output
+    ctx.flags, ctx.surrogate_param, ctx.backend = flags, surrogate_param, backend
+    ctx.save_for_backward(spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w)
+
+
+def _backward(ctx, g_spk, g_syn, g_mem, g_pre):
+    spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w = ctx.saved_tensors
+    spec = _spec(ctx.flags, ctx.surrogate_param)
+    need = [bool(ctx.needs_input_grad[i]) for i in (4, 5, 6, 7)]
+    out = _bwd_op(g_spk, g_syn if spec.synaptic else None, g_mem, spk, syn, mem, pre, u0, i0, s0,
+                  beta, alpha, theta, g, v, w, need, ctx.flags, ctx.surrogate_param, ctx.backend)
+    g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g = (_none_if_empty(t) for t in out)
+    g_r = g_v = g_w = g_bias = None
+    if spec.rec == REC_EXTERNAL:
+        g_r = g_x
+    elif spec.rec in (REC_ONE_TO_ONE, REC_DENSE) and any(ctx.needs_input_grad[9:12]):
+        s_prev = torch.cat([s0.unsqueeze(0).to(g_x.dtype), spk[:-1].to(g_x.dtype)])
+        if spec.rec == REC_ONE_TO_ONE:
+            g_v = (g_x * s_prev).sum(0)
+        else:
+            n = w.shape[0]
+            g_x2 = g_x.reshape(-1, n)
+            g_w = g_x2.t() @ s_prev.reshape(-1, n)
+            g_bias = g_x2.sum(0) if ctx.needs_input_grad[11] else None
+    return (g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g, g_r, g_v, g_w, g_bias, None,
+            None, None)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _step_param(name, p, step_shape, like):
@@ -108,4 +165,8 @@ def snntorch_neuron(spec, x, u0, i0=None, s0=None, *, beta, alpha=None, theta, g
     v = _step_param("v", v, S, x) if spec.rec == REC_ONE_TO_ONE else None
     if s0 is not None:
         s0 = s0.to(x.dtype)
-    return _SnntorchNeuron.apply(spec, backend, x, u0, i0, s0, *params, r, v, w, bias)
+    flags = [int(spec.synaptic), spec.rec, spec.reset, int(spec.zero_before_decay), int(spec.delay),
+             spec.late_reset, spec.surrogate]
+    spk, syn, mem, _ = _fwd_op(x, u0, i0, s0, *params, r, v, w, bias, flags,
+                               float(spec.surrogate_param), backend)
+    return spk, syn if spec.synaptic else None, mem

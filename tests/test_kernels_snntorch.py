@@ -138,3 +138,31 @@ def test_forward_pass_on_the_triton_backend_matches_snntorch(poisoned, monkeypat
     mem_b.sum().backward()
     for p, q in zip(stock.parameters(), ours.parameters()):
         torch.testing.assert_close(q.grad.cpu(), p.grad, **GRAD_TOL)
+
+
+def _op_args(spec, backend, T=3, S=(2, 5)):
+    from bss2_backend.kernels import snntorch_ops
+    kw = _inputs(spec, T, S, 7)
+    flags = [int(spec.synaptic), spec.rec, spec.reset, int(spec.zero_before_decay), int(spec.delay),
+             spec.late_reset, spec.surrogate]
+    expand = lambda t: None if t is None else t.detach().expand(S).contiguous().requires_grad_()
+    args = (kw["x"], kw["u0"], kw["i0"], kw["s0"], expand(kw["beta"]), expand(kw["alpha"]),
+            expand(kw["theta"]), expand(kw["g"]), kw["r"], expand(kw["v"]), kw["w"], kw["bias"],
+            flags, float(spec.surrogate_param), backend)
+    return snntorch_ops._fwd_op, args
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", [CASES[1][0], CASES[8][0], CASES[9][0]])
+def test_op_passes_opcheck(backend, case):
+    op, args = _op_args(_spec(*case), backend)
+    torch.library.opcheck(op, args)
+
+
+def test_op_compiles_fullgraph():
+    spec = _spec(*CASES[3][0])
+    op, args = _op_args(spec, "torch")
+    eager = op(*args)
+    compiled = torch.compile(lambda *a: op(*a), backend="aot_eager", fullgraph=True)(*args)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)

@@ -330,7 +330,9 @@ def test_bad_input_is_named():
     assert mem.shape == (2, 3)
 
 
-def test_torch_path_never_imports_triton():
+def test_torch_path_never_imports_the_triton_kernels():
+    # torch's custom-op dispatch itself imports triton when it is installed; what must stay
+    # untouched on the torch path is our kernel module
     import subprocess
     import sys
     code = ("import sys, torch, snntorch as snn\n"
@@ -338,7 +340,7 @@ def test_torch_path_never_imports_triton():
             "from bss2_backend.integrations.snntorch import convert, forward_pass\n"
             "net = convert(nn.Sequential(nn.Linear(3, 2), snn.Leaky(0.9, init_hidden=True, output=True)))\n"
             "forward_pass(net, 3, torch.rand(2, 3))[1].sum().backward()\n"
-            "assert 'triton' not in sys.modules, 'triton was imported'\n")
+            "assert 'bss2_backend.kernels.snntorch_neurons' not in sys.modules\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
