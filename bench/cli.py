@@ -20,6 +20,9 @@ def add_arguments(p):
                    help="shrink every workload to a smoke-test size (numbers mean nothing)")
     p.add_argument("--all", dest="run_all", action="store_true",
                    help="also run the workloads the CPU run skips as too slow or too big")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 is steadier on a "
+                        "host whose cores other processes share")
     p.add_argument("--out", type=Path, default=results.RESULTS_DIR,
                    help=f"directory of {results.CSV_NAME} and {results.PLOT_NAME} "
                         f"(default: bench/results)")
@@ -33,6 +36,10 @@ def cmd_bench(args):
         # path is the torch twin either way. Must precede the first kernel import.
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from .run import Options, run
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     options = Options(device=args.device, workloads=args.workloads, impls=args.impls,
                       modes=tuple(args.modes), quick=args.quick, tiny=args.tiny,
                       run_all=args.run_all, out_dir=args.out, plot=args.plot)

@@ -191,7 +191,8 @@ def integration_unavailable(device=None):
 class Impl:
     """name: as in the CSV; kind: the workload kind it runs; build(workload, device, dtype) -> net;
     check(workload, device) -> checks.Check; unavailable(device) -> None or the reason;
-    baseline: the speedup column divides the baseline's time by this implementation's;
+    baseline: the reference of the speedup column (stock snntorch): speedup = its median time
+    over this implementation's, same workload and mode;
     timed=False: checked only (the Triton interpreter on CPU says nothing about speed)."""
     name: str
     kind: str

@@ -178,7 +178,7 @@ def run_workload(w, impls, device, dev, env, options, say):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    _speedups(rows)
+    _speedups(rows, {i.name for i in mine if i.baseline})
     return rows
 
 
@@ -194,13 +194,13 @@ def _timed_row(t, w, size, impl, mode, dev, env, **extra):
                 gflop=nflop / 1e9, gflop_per_s=nflop / seconds / 1e9, **extra)
 
 
-def _speedups(rows):
-    """speedup_vs_snntorch = snntorch median / this median, same workload and mode; refused (left
+def _speedups(rows, baselines):
+    """speedup_vs_snntorch = baseline median / this median, same workload and mode; refused (left
     empty, with a note) when this implementation's correctness check did not pass."""
     for row in rows:
         if row["status"] != "ok":
             continue
-        base = [r for r in rows if r["impl"] == "snntorch" and r["mode"] == row["mode"]
+        base = [r for r in rows if r["impl"] in baselines and r["mode"] == row["mode"]
                 and r["status"] == "ok"]
         if not base:
             continue
