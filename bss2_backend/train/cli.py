@@ -29,6 +29,10 @@ def register(subparsers):
     _common(train)
     train.add_argument("--mismatch", type=_mismatch_arg, default="calibrated",
                        help="calibrated (default) | uncalibrated | none | sigma_d (float in [0, 1])")
+    train.add_argument("--integration", choices=("auto", "euler", "exact"), default="auto",
+                       help="auto: exact exponential decay for a numeric sigma_d (detuned time "
+                            "constants can fall below dt, where forward Euler is unstable), else "
+                            "Euler as hxtorch")
     train.add_argument("--ideal", action="store_true",
                        help="train on the nominal model: no mismatch, noise or quantisation")
     train.add_argument("--out", default="bss2-train", metavar="DIR",
@@ -124,10 +128,14 @@ def _load(args, steps):
 
 def _chip(args):
     from ..chip import Chip
-    if getattr(args, "ideal", False):
-        return Chip.ideal(seed=args.chip_seed)
+    integration = args.integration
+    if integration == "auto":
+        integration = "exact" if isinstance(args.mismatch, float) else "euler"
+    if args.ideal:
+        return Chip.ideal(seed=args.chip_seed, integration=integration)
     try:
-        return Chip(seed=args.chip_seed, mismatch=args.mismatch, noise=not args.no_noise)
+        return Chip(seed=args.chip_seed, mismatch=args.mismatch, noise=not args.no_noise,
+                    integration=integration)
     except (ValueError, TypeError) as e:
         raise UserError(f"--mismatch / --chip-seed: {e}") from None
 
