@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from . import utils as kutils
-from .snntorch_spec import REC_DENSE, REC_NONE, REC_ONE_TO_ONE, RESET_SUB, RESET_ZERO
+from .snntorch_spec import REC_DENSE, REC_ONE_TO_ONE, RESET_ZERO
 
 HALF_PI = tl.constexpr(1.5707963267948966)
 

@@ -16,7 +16,7 @@ API (stable):
         Undoes convert.
     Leaky, Synaptic, RLeaky, RSynaptic, Lapicque, Alpha: the backend classes.
 
-Chip mode in snntorch terms (see chip_mode for the mapping):
+Chip mode in snntorch terms (README.md here has the full mapping and every decision):
     beta -> tau_mem, alpha -> tau_syn (Leaky keeps the chip's tau_syn), threshold -> readout scale;
     reset_mechanism="none" marks the LI readout (the chip's leaky integrator, whose spikes are zero);
     "subtract" runs as the chip's hard reset to v_reset (one warning), biases are ignored (one
@@ -29,6 +29,10 @@ Chip mode in snntorch terms (see chip_mode for the mapping):
                                      reset_mechanism="none"))
     convert(net, chip=bss2_backend.Chip(seed=1))
     spk_rec, mem_rec = forward_pass(net, 100, spikes)     # spikes [100, B, 256]
+
+Ideal mode reproduces snntorch 1.0 (bit-identical spikes and membranes per neuron, matching
+gradients); its deliberate differences (RSynaptic reset_delay=False, per-net reset in forward_pass,
+wrong-shape states raise) are listed in README.md.
 """
 from .convert import Patch, convert, patch, revert
 from .forward import forward_pass

@@ -18,14 +18,15 @@ constant is the chip's drawn one times (layer target / chip calibration target).
 import dataclasses
 import math
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
 from bss2_backend.chip import Chip
 from bss2_backend.dynamics import Recurrence, cuba_lif, li
-from bss2_backend.parameters import LIFParams
 from bss2_backend.weights import chip_weights, synapses
+
+from .neurons import supported_kind
 
 
 class ChipMapping(NamedTuple):
@@ -94,8 +95,6 @@ def _scalar(module, name, where):
 
 def map_neuron(module, where, chip):
     """ChipMapping of an snntorch neuron module, or a clear error where the chip cannot do it."""
-    import snntorch as snn
-    from .neurons import supported_kind
     kind = supported_kind(module)
     if kind not in ("leaky", "synaptic", "rleaky", "rsynaptic"):
         raise ValueError(f"{where}: {type(module).__name__} cannot run on the chip; chip mode supports "
