@@ -166,3 +166,25 @@ def test_op_compiles_fullgraph():
     compiled = torch.compile(lambda *a: op(*a), backend="aot_eager", fullgraph=True)(*args)
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
+
+
+def test_single_steps_on_the_triton_backend_match_snntorch(poisoned):
+    import copy
+
+    import snntorch as snn
+    from torch import nn
+
+    from bss2_backend.integrations.snntorch import convert
+    torch.manual_seed(0)
+    stock = snn.RLeaky(0.9, linear_features=5, reset_mechanism="zero", reset_delay=False,
+                       learn_threshold=True)
+    ours = convert(nn.Sequential(copy.deepcopy(stock)).to(DEVICE), backend="triton")[0]
+    x = torch.randn(3, 4, 5) * 2
+    out_a = [stock(x[t]) for t in range(3)]
+    out_b = [ours(x[t].to(DEVICE)) for t in range(3)]
+    for (sa, ma), (sb, mb) in zip(out_a, out_b):
+        assert torch.equal(sa, sb.cpu()) and torch.equal(ma, mb.cpu())
+    sum(m.sum() + s.sum() for s, m in out_a).backward()
+    sum(m.sum() + s.sum() for s, m in out_b).backward()
+    for p, q in zip(stock.parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad.cpu(), p.grad, **GRAD_TOL)

@@ -355,3 +355,12 @@ def test_state_written_back_supports_detach_hidden_and_revert():
     backend.revert(net)
     assert type(net[1]) is snn.Synaptic
     assert net.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_alpha_runs_snntorch_code_with_a_notice():
+    forget()
+    stock, ours = _pair(lambda: snn.Alpha(0.9, 0.8))
+    x = torch.rand(2, 3) * 2
+    with pytest.warns(BackendNotice, match="Alpha"):
+        out_b = ours(x)
+    assert all(torch.equal(a, b) for a, b in zip(stock(x), out_b))
