@@ -13,7 +13,7 @@ from .data import DataError, load_images
 from .files import OutputError, prepare_out, write_text
 from .loop import TASKS, CheckpointError, TrainConfig, fit
 
-DEFAULT_EPOCHS = {"digits": 15, "mnist": 30, "shd": 30}
+DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
 USER_ERRORS = (DataError, CheckpointError, OutputError, PlacementError)
 
 
@@ -59,7 +59,7 @@ def register(subparsers):
 def _common(p):
     p.add_argument("--chip-seed", type=int, default=0, help="seed of the emulated chip's mismatch")
     p.add_argument("--no-noise", action="store_true", help="switch the chip's temporal noise off")
-    p.add_argument("--epochs", type=int, help="epochs (default: 15 digits, 30 MNIST/SHD)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 10 digits, 30 MNIST/SHD)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate")
     p.add_argument("--steps", type=int, help="time steps T of dt = 1 us (default 60; SHD 100)")
@@ -227,8 +227,8 @@ def _selfcal(args):
     dataset_name = "mnist" if args.data else "digits"
     cfg = _config(args, dataset_name)
     if args.quick:
-        cfg = replace(cfg, epochs=args.epochs or 8, steps=args.steps or 40,
-                      t_last=(args.steps or 40) // 2)
+        cfg = replace(cfg, epochs=args.epochs or 6, steps=args.steps or 30,
+                      t_last=(args.steps or 30) // 2)
     dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
     sigmas = tuple(args.sigmas) if args.sigmas else selfcal.SIGMAS
     for s in sigmas:

@@ -31,7 +31,8 @@ def max_over_time_loss(readout, labels, *, scale=1.0):
 
 
 def sum_over_time_loss(readout, labels, *, scale=1.0):
-    """Cross-entropy of the readout membranes summed over time (the SHD task)."""
+    """Cross-entropy of the readout membranes integrated over time (the SHD task); taken as the
+    mean over time, i.e. the sum / T, so `scale` does not depend on the number of steps."""
     return F.cross_entropy(scale * readout.mean(0), labels)
 
 

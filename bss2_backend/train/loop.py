@@ -29,7 +29,7 @@ class TrainConfig:
     task: str = "mnist"              # "mnist": 16x16 images, latency coded | "shd": binned spikes
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 2e-4                 # Adam, on snntorch-unit weights (chip weights / 10)
+    lr: float = 5e-4                 # Adam, on snntorch-unit weights (chip weights / 10)
     steps: int = 60                  # T, time steps of dt = 1 us
     t_last: int = 30                 # latest input spike (darkest pixel above the cutoff)
     loss_scale: float = 5.0          # softmax temperature on the readout membranes (model units)
