@@ -42,16 +42,9 @@ class TrainConfig:
 
 
 def build_network(cfg, chip, n_in, n_out):
+    """The task's network on `chip`, initialised from cfg.seed (the same on every rank)."""
     torch.manual_seed(cfg.seed)
-    if cfg.task == "shd":
-        return shd_network(chip) if n_in == 70 and n_out == 20 else \
-            _custom(chip, n_in, n_out, recurrent=True)
-    return mnist_network(chip) if n_in == 256 and n_out == 10 else _custom(chip, n_in, n_out)
-
-
-def _custom(chip, n_in, n_out, recurrent=False):
-    from .model import Network
-    return Network(chip, n_in, 128 if recurrent else 246, n_out, recurrent=recurrent)
+    return (shd_network if cfg.task == "shd" else mnist_network)(chip, n_in, n_out)
 
 
 def encode(cfg, x):

@@ -53,10 +53,9 @@ class Network(nn.Module):
         return hidden_spikes, readout_membrane
 
 
-def mnist_network(chip):
-    return Network(chip, 256, 246, 10)
+def mnist_network(chip, n_in=256, n_out=10):
+    return Network(chip, n_in, 246, n_out)
 
 
-def shd_network(chip, n_hidden=128):
-    return Network(chip, 70, n_hidden, 20, recurrent=True, hidden_init=(-0.003, 0.006),
-                   readout_init=(-0.03, 0.03))
+def shd_network(chip, n_in=70, n_out=20, n_hidden=128):
+    return Network(chip, n_in, n_hidden, n_out, recurrent=True, hidden_init=(-0.003, 0.006))
