@@ -12,7 +12,8 @@ from bss2_backend import Chip
 from bss2_backend.cli import main
 from bss2_backend.train.data import load_digits
 from bss2_backend.train.files import atomic_path, save_torch
-from bss2_backend.train.loop import TrainConfig, evaluate, fit
+from bss2_backend.train.config import TrainConfig
+from bss2_backend.train.loop import evaluate, fit
 
 # tiny but real: digits subset, short window
 TINY = ["--limit-train", "96", "--limit-test", "48", "--steps", "20", "--batch-size", "32",

@@ -3,18 +3,13 @@ import json
 import os
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 
 from ..cli import UserError, _mismatch_arg
-from ..placement import PlacementError
-from .data import DataError, load_images
-from .files import OutputError, prepare_out, write_text
-from .loop import TASKS, CheckpointError, TrainConfig, fit
+from .config import TASKS, TrainConfig
 
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
-USER_ERRORS = (DataError, CheckpointError, OutputError, PlacementError)
 
 
 def register(subparsers):
@@ -123,6 +118,7 @@ def _load(args, steps):
         if not args.data:
             raise UserError("--task shd needs --data DIR, the folder with shd_train.h5 and shd_test.h5")
         return load_shd(args.data, steps=steps)
+    from .data import load_images
     return load_images(args.data, seed=0)
 
 
@@ -158,15 +154,26 @@ def _logger(args, main=True):
     return (lambda msg: print(msg, file=stream, flush=True)) if main else (lambda msg: None)
 
 
+def _user_errors():
+    """Exceptions that are the user's to fix: shown as one line, never as a traceback."""
+    from ..placement import PlacementError
+    from .data import DataError
+    from .files import OutputError
+    from .loop import CheckpointError
+    return DataError, CheckpointError, OutputError, PlacementError
+
+
 def cmd_train(args):
     try:
         return _train(args)
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         raise UserError(str(e)) from None
 
 
 def _train(args):
     from . import plots
+    from .files import prepare_out, write_text
+    from .loop import fit
     _positive("--threads", args.threads)
     torch.set_num_threads(args.threads)
     device = _start_distributed(resolve_device(args.device))
@@ -211,12 +218,14 @@ def _train(args):
 def cmd_selfcal(args):
     try:
         return _selfcal(args)
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         raise UserError(str(e)) from None
 
 
 def _selfcal(args):
     from . import plots, selfcal
+    from .data import load_images
+    from .files import prepare_out, write_text
     _positive("--threads", args.threads)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

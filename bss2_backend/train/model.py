@@ -12,7 +12,6 @@ by 1 / (1 - beta) = 10, so the 6-bit range +-63 covers snntorch weights of about
 from collections import OrderedDict
 
 import snntorch as snn
-import torch
 from torch import nn
 
 from ..integrations.snntorch import convert, forward_pass

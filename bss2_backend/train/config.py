@@ -1,0 +1,22 @@
+"""Hyper-parameters of a training run (a light module: the CLI reads its defaults from here)."""
+from dataclasses import dataclass
+
+TASKS = ("mnist", "shd")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run (saved in the checkpoint; a resume must match them)."""
+    task: str = "mnist"              # "mnist": 16x16 images, latency coded | "shd": binned spikes
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 5e-4                 # Adam, on snntorch-unit weights (chip weights / 10)
+    steps: int = 60                  # T, time steps of dt = 1 us
+    t_last: int = 30                 # latest input spike (darkest pixel above the cutoff)
+    loss_scale: float = 5.0          # softmax temperature on the readout membranes (model units)
+    reg: float = 1e-3                # spike-count regulariser strength (0: off)
+    seed: int = 0                    # weight init and batch order
+
+    def network_signature(self, n_in, n_out):
+        return {"task": self.task, "n_in": n_in, "n_out": n_out, "steps": self.steps,
+                "t_last": self.t_last}
