@@ -58,7 +58,7 @@ def describe(device):
                 return Device(name, device, datasheet, f"datasheet {datasheet / 1e12:.2f} TB/s")
         return Device(name, device, float("nan"), "unknown GPU: bandwidth floor unknown")
     cpu = platform.processor() or platform.machine()
-    name = f"cpu {cpu} ({torch.get_num_threads()} threads of {os.cpu_count()} cores)"
+    name = f"cpu {cpu} (torch threads {torch.get_num_threads()} of {os.cpu_count()} cores)"
     bw = cpu_copy_bandwidth()
     return Device(name, device, bw, f"measured memcpy {bw / 1e9:.1f} GB/s (read + write)")
 
