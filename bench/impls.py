@@ -9,6 +9,8 @@
 - snntorch: the equivalent stock snntorch model (Synaptic / RSynaptic / Leaky, Linear per step)
   with the tutorials' per-step Python loop;
 - eager: bss2.bench.eager, the chip's nominal model as a per-step loop with autograd;
+- gemm-only (workloads without readout, the ON shape): the Linear layer alone, one GEMM over all
+  steps, no neurons: what the neuron kernels add on top of the GEMMs is the difference;
 - bss2.forward_pass / snntorch (kind forward_pass): a tutorial nn.Sequential run through
   bss2_backend.integrations.snntorch.forward_pass after convert(), or stock.
 
@@ -97,6 +99,20 @@ class SnnTorchNet(nn.Module):
                 _, *out_state = self.li(self.fc_out(z), *out_state)
                 outs.append(out_state[1])
         return torch.stack(zs), torch.stack(outs) if outs else None
+
+
+class GemmOnly(nn.Module):
+    """The synapse GEMM of the hidden layer over all steps, nothing else."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w_in = nn.Parameter(torch.empty(w.n_hidden, w.n_in).uniform_(-1, 1) / w.n_in ** 0.5)
+
+    def weights(self):
+        return {"w_in": self.w_in}
+
+    def forward(self, spikes):
+        return spikes @ self.w_in.t(), None
 
 
 def tutorial_net(w):
@@ -193,7 +209,8 @@ class Impl:
     check(workload, device) -> checks.Check; unavailable(device) -> None or the reason;
     baseline: the reference of the speedup column (stock snntorch): speedup = its median time
     over this implementation's, same workload and mode;
-    timed=False: checked only (the Triton interpreter on CPU says nothing about speed)."""
+    timed=False: checked only (the Triton interpreter on CPU says nothing about speed);
+    applies(workload): whether it runs on that workload (default: every one of its kind)."""
     name: str
     kind: str
     build: Callable
@@ -202,6 +219,7 @@ class Impl:
     backend: str = ""
     baseline: bool = False
     timed: bool = True
+    applies: Callable = field(default=lambda workload: True)
 
 
 def _chip_impl(label, ideal, backend, timed=True):
@@ -251,6 +269,9 @@ def default_impls(device):
              reference, baseline=True),
         Impl("eager", "chip", build_eager,
              lambda w, device: checks.Check("reference", "the checks' reference model")),
+        Impl("gemm-only", "chip", lambda w, d, dt=torch.float32: GemmOnly(w).to(d, dt),
+             lambda w, device: checks.Check("reference", "GEMM alone, no neurons"),
+             applies=lambda w: w.n_out == 0),
         Impl("snntorch", "forward_pass", _stock_forward_pass_build, reference, baseline=True),
         Impl("bss2.forward_pass", "forward_pass", _forward_pass_build,
              lambda w, device: checks.forward_pass_matches(

@@ -130,7 +130,7 @@ def _row(env, dev, w, size, impl, mode, **values):
 def run_workload(w, impls, device, dev, env, options, say):
     size = "tiny" if options.tiny else "full"
     wl = w.tiny() if options.tiny else w
-    mine = [i for i in impls if i.kind == wl.kind]
+    mine = [i for i in impls if i.kind == wl.kind and i.applies(wl)]
     reason = _skip_reason(wl, device, options.run_all)
     if reason:
         say(f"  skipped: {reason}")
