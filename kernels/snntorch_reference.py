@@ -24,11 +24,13 @@ from .snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, RESET_NONE, 
 
 
 def surrogate_grad(kind, p, u):
-    """d spike / d u of snntorch's surrogates at u = U' - th."""
+    """d spike / d u of snntorch's surrogates at u = U' - th (u may be overwritten)."""
     if kind == SURROGATE_ATAN:
-        return p / 2 / (1 + (math.pi / 2 * p * u) ** 2)
+        z = u.mul_(math.pi / 2 * p)
+        return z.mul_(z).add_(1).reciprocal_().mul_(p / 2)
     if kind == SURROGATE_FAST_SIGMOID:
-        return 1.0 / (p * u.abs() + 1.0) ** 2
+        d = u.abs_().mul_(p).add_(1.0)
+        return d.mul_(d).reciprocal_()
     if kind == SURROGATE_SIGMOID:
         e = torch.exp(-p * u)
         return p * e / (e + 1) ** 2
@@ -52,45 +54,50 @@ def _recurrent(spec, s, v, w, bias):
 def neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, bias=None):
     """Forward over T steps without autograd. x, r: [T, *S]; states and parameters: [*S] (parameters
     broadcast to the step shape S). Returns (spk, syn, mem, pre) [T, *S]; syn is None unless
-    synaptic, pre (the membrane before the same-step reset) is None unless reset_delay=False."""
+    synaptic, pre (the membrane before the same-step reset) is None unless reset_delay=False.
+
+    Each step writes into its output slice in place, with the ops snntorch runs in its order; R th
+    and U' R are selected (R is 0 or 1), which changes nothing but the sign of a zero."""
     T = x.shape[0]
     spk = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     mem = torch.empty_like(x)
     syn = torch.empty_like(x) if spec.synaptic else None
     pre = None if spec.delay else torch.empty_like(x)
+    zero_pre = spec.reset == RESET_ZERO and spec.zero_before_decay and not spec.synaptic
+    spikes_in_loop = spec.rec in (REC_ONE_TO_ONE, REC_DENSE) or not spec.delay
     U, I, S = u0, i0, s0
     for t in range(T):
-        R = (U > theta).float()
-        x_t = x[t]
+        above = U > theta
+        U1 = mem[t] if spec.delay else pre[t]
         rec = r[t] if spec.rec == REC_EXTERNAL else _recurrent(spec, S, v, w, bias)
         if spec.synaptic:
-            I = alpha * I + x_t
+            I = torch.mul(alpha, I, out=syn[t]).add_(x[t])
             if rec is not None:
-                I = I + rec
-            U1 = beta * U + I
-        elif spec.reset == RESET_ZERO and spec.zero_before_decay:
-            U1 = beta * ((1 - R) * U) + x_t
+                I.add_(rec)
+            torch.mul(beta, U, out=U1).add_(I)
+        elif zero_pre:
+            torch.mul(beta, (1 - above.float()) * U, out=U1).add_(x[t])
         else:
-            U1 = beta * U + x_t
+            torch.mul(beta, U, out=U1).add_(x[t])
             if rec is not None:
-                U1 = U1 + rec
+                U1.add_(rec)
         if spec.reset == RESET_SUB:
-            U1 = U1 - R * theta
-        elif spec.reset == RESET_ZERO and not (spec.zero_before_decay and not spec.synaptic):
-            U1 = U1 - U1 * R
-        S = (U1 > theta).float() * g
-        U2 = U1
+            U1.sub_(torch.where(above, theta, 0.0))
+        elif spec.reset == RESET_ZERO and not zero_pre:
+            U1.sub_(torch.where(above, U1, 0.0))
+        if spikes_in_loop:
+            S = torch.mul(U1 > theta, g, out=spk[t])
         if not spec.delay:
-            pre[t] = U1
-            D = S / g - R
+            D = S / g - above.float()
             if spec.late_reset == RESET_SUB:
-                U2 = U1 - D * theta
+                torch.sub(U1, D * theta, out=mem[t])
             elif spec.late_reset == RESET_ZERO:
-                U2 = U1 - D * U1
-        spk[t], mem[t] = S, U2
-        if syn is not None:
-            syn[t] = I
-        U = U2
+                torch.sub(U1, D * U1, out=mem[t])
+            else:
+                mem[t] = U1
+        U = mem[t]
+    if not spikes_in_loop:
+        torch.mul(mem > theta, g, out=spk)
     return spk, syn, mem, pre
 
 
@@ -99,6 +106,80 @@ def neuron_bwd(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, 
     """Reverse sweep. g_*: cotangents of the outputs ([T, *S] or None). need: which of (beta, alpha,
     theta, g) want a gradient. Returns (g_x [T, *S], g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta,
     g_g), the parameter gradients per element of the step shape (summed over time)."""
+    spikes_carry = spec.rec in (REC_ONE_TO_ONE, REC_DENSE) or \
+        (not spec.delay and spec.late_reset != RESET_NONE)
+    if spikes_carry:
+        return _bwd_stepwise(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha,
+                             theta, g, v, w, need)
+    return _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alpha, theta, g,
+                           need)
+
+
+def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alpha, theta, g, need):
+    """When no spike gradient flows back in time (no recurrence, no same-step reset), everything
+    but the membrane/current adjoints is computed over all steps at once; the loop carries only
+    those (three or four tensor ops per step)."""
+    T = mem.shape[0]
+    zero_pre = spec.reset == RESET_ZERO and spec.zero_before_decay and not spec.synaptic
+    zero_post = spec.reset == RESET_ZERO and not zero_pre
+    u_prev = reset = keep = None
+    if need[0] or spec.reset != RESET_NONE:
+        u_prev = torch.cat([u0.unsqueeze(0), mem[:-1]])
+    if spec.reset == RESET_ZERO or spec.reset == RESET_SUB and need[2]:
+        # the reset signal R of every step; products with R and 1 - R (not masking) keep
+        # snntorch's NaN propagation
+        reset = (u_prev > theta).to(mem.dtype)
+        keep = 1 - reset
+    u1 = mem if spec.delay else pre
+    # the spike's contribution to d/dU' of every step: g_spk g surrogate(U' - th)
+    g_fire = None
+    if g_spk is not None:
+        g_fire = surrogate_grad(spec.surrogate, spec.surrogate_param, u1 - theta).mul_(g).mul_(g_spk)
+    keep_u1 = need[2] and spec.reset == RESET_SUB or need[0] and (zero_pre or spec.synaptic)
+    g_u1 = torch.empty_like(mem) if keep_u1 else None
+    g_x = torch.empty_like(mem)
+    lam_u = torch.zeros_like(u0)
+    lam_i = torch.zeros_like(u0) if spec.synaptic else None
+    scratch = torch.empty_like(u0) if spec.synaptic else None
+    for t in range(T - 1, -1, -1):
+        g_u = scratch if spec.synaptic else g_x[t]
+        if g_mem is None:
+            g_u.copy_(lam_u)
+        else:
+            torch.add(g_mem[t], lam_u, out=g_u)
+        if g_fire is not None:
+            g_u.add_(g_fire[t])
+        if zero_post:
+            g_u.mul_(keep[t])
+        if g_u1 is not None:
+            g_u1[t] = g_u
+        lam_u = g_u * beta
+        if spec.synaptic:
+            g_i = torch.add(g_u, lam_i, out=g_x[t])
+            if g_syn is not None:
+                g_i.add_(g_syn[t])
+            lam_i = g_i * alpha
+        elif zero_pre:
+            lam_u.mul_(keep[t])
+    g_beta = g_alpha = g_theta = g_g = None
+    if need[0]:
+        if zero_pre:
+            g_beta = (g_u1 * (keep * u_prev)).sum(0)
+        else:
+            g_beta = ((g_u1 if spec.synaptic else g_x) * u_prev).sum(0)
+    if need[1] and spec.synaptic:
+        g_alpha = (g_x * torch.cat([i0.unsqueeze(0), syn[:-1]])).sum(0)
+    if need[2]:
+        g_theta = torch.zeros_like(u0) if g_fire is None else -g_fire.sum(0)
+        if spec.reset == RESET_SUB:
+            g_theta = g_theta - (g_u1 * reset).sum(0)
+    if need[3]:
+        g_g = torch.zeros_like(u0) if g_spk is None else (g_spk * (u1 > theta)).sum(0)
+    return g_x, lam_u, lam_i, None, g_beta, g_alpha, g_theta, g_g
+
+
+def _bwd_stepwise(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
+                  v, w, need):
     T = mem.shape[0]
     zero = torch.zeros_like(u0)
     g_x = torch.empty_like(mem)
