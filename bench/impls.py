@@ -17,7 +17,6 @@
 Optional parts (the Triton kernels, the snntorch integration) are looked up through their public
 API; when absent the implementation is recorded as not available, never faked.
 """
-import copy
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 

@@ -9,7 +9,7 @@ import datetime
 import gc
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +40,6 @@ class Options:
     run_all: bool = False
     out_dir: Path = results.RESULTS_DIR
     plot: bool = True
-    timing_budget: dict = field(default_factory=dict)
 
 
 def resolve_device(name):
@@ -109,8 +108,6 @@ def _callable(net, x, labels, mode):
 
 
 def _budget(options, device):
-    if options.timing_budget:
-        return options.timing_budget
     if options.tiny:
         return {"warmup_s": 0.0, "rep_s": 0.0, "min_samples": 2}
     if device.type == "cuda":
