@@ -18,7 +18,7 @@ Optional parts (the Triton kernels, the snntorch integration) are looked up thro
 API; when absent the implementation is recorded as not available, never faked.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
