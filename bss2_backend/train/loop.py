@@ -81,6 +81,7 @@ def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True):
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         optimiser.step()
+        _plain(model).clamp_to_chip_()
         n = len(yb)
         totals[0] += loss.item() * n
         totals[1] += float((pred == yb).sum())

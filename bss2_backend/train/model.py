@@ -12,8 +12,10 @@ by 1 / (1 - beta) = 10, so the 6-bit range +-63 covers snntorch weights of about
 from collections import OrderedDict
 
 import snntorch as snn
+import torch
 from torch import nn
 
+from .. import constants as C
 from ..integrations.snntorch import convert, forward_pass
 
 ALPHA = BETA = 0.9
@@ -23,7 +25,7 @@ class Network(nn.Module):
     """forward(spikes [T, B, n_in]) -> (hidden spikes [T, B, n_hidden], readout membrane [T, B, n_out])."""
 
     def __init__(self, chip, n_in=256, n_hidden=246, n_out=10, *, recurrent=False,
-                 hidden_init=(-0.002, 0.006), readout_init=(-0.03, 0.03)):
+                 hidden_init=(-0.004, 0.004), readout_init=(-0.03, 0.03)):
         super().__init__()
         self.sizes = (n_in, n_hidden, n_out, recurrent)
         if recurrent:
@@ -44,6 +46,18 @@ class Network(nn.Module):
         nn.init.uniform_(self.readout.fc2.weight, *readout_init)
         convert(self.hidden, chip=chip)
         convert(self.readout, chip=chip)
+
+    @torch.no_grad()
+    def clamp_to_chip_(self):
+        """Keep every weight within the chip's 6-bit range. Beyond it the chip clips and the
+        gradient is zero, so a weight Adam pushed past the range would never come back."""
+        for layer in (self.hidden, self.readout):
+            linear, neuron = layer[0], layer[1]
+            chip = neuron._bss2_binding.chip
+            limit = C.WEIGHT_MAX / (chip.weight_scale * neuron._bss2_binding.mapping.weight_gain)
+            linear.weight.clamp_(-limit, limit)
+            if isinstance(getattr(neuron, "recurrent", None), nn.Linear):
+                neuron.recurrent.weight.clamp_(-limit, limit)
 
     def forward(self, spikes):
         steps = spikes.shape[0]
