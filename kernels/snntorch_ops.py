@@ -139,7 +139,7 @@ def snntorch_neuron(spec, x, u0, i0=None, s0=None, *, beta, alpha=None, theta, g
     """
     if not isinstance(spec, NeuronSpec):
         raise TypeError(f"spec must be a NeuronSpec, got {type(spec).__name__}")
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a tensor [T, ...] with T >= 1, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if x.dtype not in (torch.float32, torch.float64):

@@ -364,3 +364,18 @@ def test_alpha_runs_snntorch_code_with_a_notice():
     with pytest.warns(BackendNotice, match="Alpha"):
         out_b = ours(x)
     assert all(torch.equal(a, b) for a, b in zip(stock(x), out_b))
+
+
+def test_single_neuron_tutorial_pattern():
+    """Tutorials 2-3: a scalar current, mem = torch.zeros(1), one step at a time."""
+    stock, ours = _pair(lambda: snn.Leaky(beta=0.8))
+    cur_in = torch.cat((torch.zeros(10), torch.ones(40) * 0.3), 0)
+    mem_a, mem_b = torch.zeros(1), torch.zeros(1)
+    rec_a, rec_b = [], []
+    for step in range(50):
+        spk_a, mem_a = stock(cur_in[step], mem_a)
+        spk_b, mem_b = ours(cur_in[step], mem_b)
+        rec_a.append(spk_a)
+        rec_b.append(spk_b)
+    assert torch.equal(torch.stack(rec_a), torch.stack(rec_b)) and torch.equal(mem_a, mem_b)
+    assert torch.stack(rec_b).sum() > 0
