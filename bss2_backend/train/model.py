@@ -25,7 +25,7 @@ class Network(nn.Module):
     """forward(spikes [T, B, n_in]) -> (hidden spikes [T, B, n_hidden], readout membrane [T, B, n_out])."""
 
     def __init__(self, chip, n_in=256, n_hidden=246, n_out=10, *, recurrent=False,
-                 hidden_init=(-0.004, 0.004), readout_init=(-0.03, 0.03)):
+                 hidden_init=(-0.003, 0.005), readout_init=(-0.03, 0.03)):
         super().__init__()
         self.sizes = (n_in, n_hidden, n_out, recurrent)
         if recurrent:
