@@ -30,6 +30,13 @@ class LayerParams(NamedTuple):
     gain_exc: torch.Tensor      # [n_out, n_in] fixed-pattern gain of each excitatory synapse
     gain_inh: torch.Tensor
 
+    @property
+    def shared_synapse_tau(self):
+        """Excitatory and inhibitory synapses decay alike on the chip and in the nominal model, so
+        one signed input current is exact (bss2_backend.weights.synapses with inh=None)."""
+        return bool(torch.equal(self.params.a_syn_exc, self.params.a_syn_inh)
+                    and torch.equal(self.nominal.a_syn_exc, self.nominal.a_syn_inh))
+
     def to(self, device=None, dtype=None):
         return LayerParams(self.params.to(device, dtype), self.nominal.to(device, dtype),
                            self.readout.to(device, dtype), self.gain_exc.to(device, dtype),

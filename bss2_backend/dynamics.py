@@ -50,7 +50,8 @@ def _compute_dtype(dtype):
 def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_noise_lsb=0.0, seed=0,
                 spiking=True):
     """Chip forward without autograd. Returns (z, u, free) in the compute dtype; free is the bool
-    mask of steps whose membrane was not held by the refractory clamp (None when not spiking)."""
+    mask of steps whose membrane was not held by the refractory clamp (None when nothing can be
+    held: no refractory period, or no spikes at all)."""
     T, B, N = x_exc.shape
     dt = _compute_dtype(x_exc.dtype)
     dev = x_exc.device
@@ -65,16 +66,20 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
     has_inh = x_inh is not None or rec_i is not None
     refractory = spiking and bool(p.ref_steps.any())
 
-    v = p.v_leak.expand(B, N).clone()
+    v = p.v_leak.expand(B, N).clone()          # membrane after the previous step's reset
     i_e = torch.zeros(B, N, dtype=dt, device=dev)
     i_i = torch.zeros(B, N, dtype=dt, device=dev)
     ref = torch.zeros(B, N, dtype=torch.int32, device=dev)
-    not_held = torch.ones(B, N, dtype=torch.bool, device=dev)
+    held = torch.zeros(B, N, dtype=torch.bool, device=dev)
     z = torch.zeros(B, N, dtype=torch.bool, device=dev)
+    drive = torch.empty(B, N, dtype=dt, device=dev)
+    syn = torch.empty(B, N, dtype=dt, device=dev)
     keep_e, keep_i = 1.0 - p.a_syn_exc, 1.0 - p.a_syn_inh
+    # v_out[t] is the working membrane of step t (sampled before the reset): no copies
     v_out = torch.empty(T, B, N, dtype=dt, device=dev)
-    z_out = torch.zeros(T, B, N, dtype=dt, device=dev)
-    free_out = torch.ones(T, B, N, dtype=torch.bool, device=dev) if spiking else None
+    z_out = (torch.empty if spiking else torch.zeros)(T, B, N, dtype=dt, device=dev)
+    free_out = torch.empty(T, B, N, dtype=torch.bool, device=dev) if refractory else None
+    # the in-place ops compute exactly v + a_mem * ((v_leak - v) + (i_e - i_i)) etc., op by op
     for t in range(T):
         x_e = x_exc[t].to(dt)
         x_i = x_inh[t].to(dt) if x_inh is not None else None
@@ -82,26 +87,29 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
             z_prev = z.to(dt)
             x_e = x_e + z_prev @ rec_e
             x_i = z_prev @ rec_i if x_i is None else x_i + z_prev @ rec_i
-        v = v + p.a_mem * ((p.v_leak - v) + (i_e - i_i))
+        torch.sub(p.v_leak, v, out=drive)
+        drive.add_(torch.sub(i_e, i_i, out=syn) if has_inh else i_e).mul_(p.a_mem)
+        vt = torch.add(v, drive, out=v_out[t])
         if gen_m is not None:
-            v = v + sigma_m * torch.randn(B, N, generator=gen_m, dtype=dt, device=dev)
-        i_e = i_e * keep_e + x_e
+            vt.add_(torch.randn(B, N, generator=gen_m, dtype=dt, device=dev).mul_(sigma_m))
+        i_e.mul_(keep_e).add_(x_e)
         if has_inh:
-            i_i = i_i * keep_i + x_i
-        if spiking:
-            if refractory:
-                held = ref > 0
-                torch.logical_not(held, out=not_held)
-                v = torch.where(held, p.v_reset, v)
-                free_out[t] = not_held
-            z = (v > p.v_th) & not_held
-            v_out[t] = v
-            z_out[t] = z
-            v = torch.where(z, p.v_reset, v)
-            if refractory:
-                ref = torch.where(z, p.ref_steps, torch.clamp(ref - 1, min=0))
+            i_i.mul_(keep_i).add_(x_i)
+        if not spiking:
+            v = vt
+            continue
+        if refractory:
+            torch.gt(ref, 0, out=held)
+            torch.where(held, p.v_reset, vt, out=vt)
+            torch.logical_not(held, out=free_out[t])
+            torch.gt(vt, p.v_th, out=z).logical_and_(free_out[t])
         else:
-            v_out[t] = v
+            torch.gt(vt, p.v_th, out=z)
+        z_out[t] = z
+        torch.where(z, p.v_reset, vt, out=v)
+        if refractory:
+            ref.sub_(1).clamp_(min=0)
+            torch.where(z, p.ref_steps, ref, out=ref)
     noise = None
     if ro.noise_lsb > 0:
         gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D)
@@ -117,39 +125,53 @@ def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, h
     dt, dev = u.dtype, u.device
     p = nominal.to(dev, dt)
     keep_m, keep_e, keep_i = 1.0 - p.a_mem, 1.0 - p.a_syn_exc, 1.0 - p.a_syn_inh
+    # with equal nominal synaptic decays the inhibitory adjoint is minus the excitatory one
+    mirror = has_inh and bool(torch.equal(p.a_syn_exc, p.a_syn_inh))
+    own_inh = has_inh and not mirror
+    # adjoints of i_exc / i_inh live in g_exc / g_inh themselves: dL/dx[t] = dL/di[t]
     g_exc = torch.empty(T, B, N, dtype=dt, device=dev)
-    g_inh = torch.empty(T, B, N, dtype=dt, device=dev) if has_inh else None
+    g_inh = torch.empty(T, B, N, dtype=dt, device=dev) if own_inh else None
+    g_exc[T - 1].zero_()
+    if own_inh:
+        g_inh[T - 1].zero_()
     lam_v = torch.zeros(B, N, dtype=dt, device=dev)
-    lam_e = torch.zeros(B, N, dtype=dt, device=dev)
-    lam_i = torch.zeros(B, N, dtype=dt, device=dev)
+    g = torch.empty(B, N, dtype=dt, device=dev)
     # everything that does not depend on the reverse recursion, for all steps at once
-    direct = g_u.to(dt) if g_u is not None else torch.zeros(T, B, N, dtype=dt, device=dev)
+    direct = g_u.to(dt) if g_u is not None else None
     gate = None
     if spiking:
         sg = surrogate.grad(u - p.v_th)
+        freef = free.to(dt) if free is not None else None
+        if freef is not None:
+            sg.mul_(freef)
         if g_z is not None:
-            direct = direct + g_z.to(dt) * sg
-        freef = free.to(dt)
-        direct = direct * freef
-        gate = (1.0 - z) * freef
+            direct = g_z.to(dt) * sg if direct is None else direct + g_z.to(dt) * sg
+        if direct is not None and freef is not None:
+            direct = direct * freef
+        gate = 1.0 - z
+        if freef is not None:
+            gate.mul_(freef)
+    if direct is None:
+        direct = torch.zeros(T, B, N, dtype=dt, device=dev)
     w_pos = w_neg = None
     if recurrence is not None:
         w = recurrence.weight.to(dev, dt)
         w_pos, w_neg = torch.clamp(w, min=0), torch.clamp(-w, min=0)
     for t in range(T - 1, -1, -1):
-        g_exc[t] = lam_e
-        if has_inh:
-            g_inh[t] = lam_i
         if spiking:
-            g = direct[t] + gate[t] * lam_v
+            torch.addcmul(direct[t], gate[t], lam_v, out=g)
             if w_pos is not None and t < T - 1:
-                g = g + (lam_e_next @ w_pos + lam_i_next @ w_neg) * sg[t] * freef[t]
+                l_i = g_inh[t + 1] if own_inh else -g_exc[t + 1]
+                g.addcmul_(g_exc[t + 1] @ w_pos + l_i @ w_neg, sg[t])   # sg holds free
         else:
-            g = direct[t] + lam_v
-        lam_e_next, lam_i_next = lam_e, lam_i
-        lam_v = keep_m * g
-        lam_e = p.a_mem * g + keep_e * lam_e
-        lam_i = keep_i * lam_i - p.a_mem * g
+            torch.add(direct[t], lam_v, out=g)
+        torch.mul(g, keep_m, out=lam_v)
+        if t > 0:
+            torch.mul(g_exc[t], keep_e, out=g_exc[t - 1]).addcmul_(g, p.a_mem)
+            if own_inh:
+                torch.mul(g_inh[t], keep_i, out=g_inh[t - 1]).addcmul_(g, p.a_mem, value=-1.0)
+    if mirror:
+        g_inh = -g_exc
     g_w = None
     if recurrence is not None and T > 1:
         z_prev = z[:-1].reshape(-1, N)

@@ -35,9 +35,11 @@ class Surrogate:
     def grad(self, u):
         a = self.alpha
         if self.kind == "superspike":
-            return 1.0 / (a * u.abs() + 1.0) ** 2
+            d = u.abs().mul_(a).add_(1.0)            # one temporary: this runs on [T, B, N]
+            return d.mul_(d).reciprocal_()
         if self.kind == "atan":
-            return (a / 2) / (1.0 + (math.pi / 2 * a * u) ** 2)
+            y = u * (math.pi / 2 * a)
+            return y.mul_(y).add_(1.0).reciprocal_().mul_(a / 2)
         if self.kind == "sigmoid":
             s = torch.sigmoid(a * u)
             return a * s * (1.0 - s)

@@ -71,22 +71,31 @@ class _Synapses(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes, weight, exc, inh, saturation):
         flat = spikes.reshape(-1, spikes.shape[-1])
-        x_exc = (flat @ exc.t()).reshape(*spikes.shape[:-1], -1)
-        x_inh = (flat @ inh.t()).reshape(*spikes.shape[:-1], -1)
+        shape = (*spikes.shape[:-1], -1)
+        x_exc = (flat @ exc.t()).reshape(shape)
+        x_inh = (flat @ inh.t()).reshape(shape) if inh is not None else None
         if saturation is not None:
             x_exc, x_inh = _saturate(x_exc, saturation.exc), _saturate(x_inh, saturation.inh)
         ctx.save_for_backward(spikes, weight)
+        ctx.signed = inh is None
         return x_exc, x_inh
 
     @staticmethod
     def backward(ctx, g_exc, g_inh):
         spikes, weight = ctx.saved_tensors
-        # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
         s = spikes.reshape(-1, spikes.shape[-1])
         ge = g_exc.reshape(-1, g_exc.shape[-1]) if g_exc is not None else None
         gi = g_inh.reshape(-1, g_inh.shape[-1]) if g_inh is not None else None
-        pos = weight >= 0
         g_spikes = g_weight = None
+        if ctx.signed:
+            # one signed current x = s @ w^T
+            if ctx.needs_input_grad[0] and ge is not None:
+                g_spikes = (ge @ weight).reshape(spikes.shape)
+            if ctx.needs_input_grad[1] and ge is not None:
+                g_weight = ge.t() @ s
+            return g_spikes, g_weight, None, None, None
+        # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
+        pos = weight >= 0
         if ctx.needs_input_grad[0]:
             g = torch.zeros_like(s)
             if ge is not None:
@@ -103,11 +112,19 @@ class _Synapses(torch.autograd.Function):
         return g_spikes, g_weight, None, None, None
 
 
-def synapses(spikes, weight, exc, inh, saturation=None):
-    """Input currents (x_exc, x_inh) [..., N_out] of presynaptic spikes [..., N_in] through a synapse
-    array. weight: the float weights [N_out, N_in] the gradient sees; exc, inh: the non-negative
-    effective weights [N_out, N_in] the chip realises (see chip_weights)."""
-    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh.to(spikes.dtype), saturation)
+def synapses(spikes, weight, exc, inh=None, saturation=None):
+    """Input currents of presynaptic spikes [..., N_in] through a synapse array.
+
+    weight: the float weights [N_out, N_in] the gradient sees. exc, inh: the non-negative effective
+    weights [N_out, N_in] the chip realises (see chip_weights); returns (x_exc, x_inh). With
+    inh=None, exc is one signed effective matrix and the result is (x, None): exact whenever the
+    excitatory and inhibitory synapses share their time constants (then only exc - inh matters)
+    and cheaper by a GEMM each way.
+    """
+    if inh is None and saturation is not None:
+        raise ValueError("saturation needs separate exc and inh weights (inh=None was given)")
+    inh = inh.to(spikes.dtype) if inh is not None else None
+    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh, saturation)
 
 
 def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
