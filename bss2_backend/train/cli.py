@@ -236,7 +236,7 @@ def _selfcal(args):
     dataset_name = "mnist" if args.data else "digits"
     cfg = _config(args, dataset_name)
     if args.quick:
-        cfg = replace(cfg, epochs=args.epochs or 6, steps=args.steps or 30,
+        cfg = replace(cfg, epochs=args.epochs or 10, steps=args.steps or 30,
                       t_last=(args.steps or 30) // 2)
     dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
     sigmas = tuple(args.sigmas) if args.sigmas else selfcal.SIGMAS
