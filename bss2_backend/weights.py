@@ -96,6 +96,12 @@ class _Synapses(torch.autograd.Function):
             return g_spikes, g_weight, None, None, None
         # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
         pos = weight >= 0
+        if ge is not None and gi is not None and torch.equal(gi, -ge):
+            # equal nominal decays make the inhibitory adjoint mirror the excitatory one: then the
+            # signed formulas hold and one GEMM per gradient suffices
+            g_spikes = (ge @ weight).reshape(spikes.shape) if ctx.needs_input_grad[0] else None
+            g_weight = ge.t() @ s if ctx.needs_input_grad[1] else None
+            return g_spikes, g_weight, None, None, None
         if ctx.needs_input_grad[0]:
             g = torch.zeros_like(s)
             if ge is not None:
