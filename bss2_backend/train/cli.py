@@ -57,7 +57,7 @@ def _common(p):
     p.add_argument("--epochs", type=int, help="epochs (default: 10 digits, 30 MNIST/SHD)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate")
-    p.add_argument("--steps", type=int, help="time steps T of dt = 1 us (default 60; SHD 100)")
+    p.add_argument("--steps", type=int, help="time steps T of dt = 1 us (default 40; SHD 100)")
     p.add_argument("--reg", type=float, default=TrainConfig.reg,
                    help="spike-count regulariser strength (0: off)")
     p.add_argument("--seed", type=int, default=0, help="weight init and batch order")
@@ -108,7 +108,7 @@ def _config(args, dataset_name):
     if args.task == "shd":
         cfg = replace(cfg, steps=args.steps or 100, loss_scale=1.0)
     elif args.steps:
-        cfg = replace(cfg, steps=args.steps, t_last=max(1, args.steps // 2))
+        cfg = replace(cfg, steps=args.steps, t_last=max(1, min(cfg.t_last, args.steps // 2)))
     return cfg
 
 
@@ -130,10 +130,17 @@ def _chip(args):
     if args.ideal:
         return Chip.ideal(seed=args.chip_seed, integration=integration)
     try:
-        return Chip(seed=args.chip_seed, mismatch=args.mismatch, noise=not args.no_noise,
+        chip = Chip(seed=args.chip_seed, mismatch=args.mismatch, noise=not args.no_noise,
                     integration=integration)
     except (ValueError, TypeError) as e:
         raise UserError(f"--mismatch / --chip-seed: {e}") from None
+    n = chip.neurons
+    fastest = min(float(t.min()) for t in (n.tau_mem_us, n.tau_syn_exc_us, n.tau_syn_inh_us))
+    if integration == "euler" and fastest < chip.dt_us:
+        raise UserError(f"--mismatch {args.mismatch} detunes a time constant to {fastest:.3g} us, "
+                        f"below dt = {chip.dt_us:g} us, where forward Euler is unstable; use "
+                        f"--integration exact")
+    return chip
 
 
 def _start_distributed(device):
@@ -236,8 +243,9 @@ def _selfcal(args):
     dataset_name = "mnist" if args.data else "digits"
     cfg = _config(args, dataset_name)
     if args.quick:
-        cfg = replace(cfg, epochs=args.epochs or 10, steps=args.steps or 30,
-                      t_last=(args.steps or 30) // 2)
+        steps = args.steps or 30
+        cfg = replace(cfg, epochs=args.epochs or 10, steps=steps,
+                      t_last=max(1, min(cfg.t_last, steps // 2)))
     dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
     sigmas = tuple(args.sigmas) if args.sigmas else selfcal.SIGMAS
     for s in sigmas:

@@ -11,8 +11,10 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 5e-4                 # Adam, on snntorch-unit weights (chip weights / 10)
-    steps: int = 60                  # T, time steps of dt = 1 us
-    t_last: int = 30                 # latest input spike (darkest pixel above the cutoff)
+    steps: int = 40                  # T, time steps of dt = 1 us
+    # latest input spike (darkest pixel above the cutoff): inputs within 1.5 tau coincide enough
+    # for the noise-free ideal model's hidden neurons to fire from the first batch
+    t_last: int = 15
     loss_scale: float = 5.0          # softmax temperature on the readout membranes (model units)
     reg: float = 1e-3                # spike-count regulariser strength (0: off)
     seed: int = 0                    # weight init and batch order
