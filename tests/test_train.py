@@ -109,6 +109,8 @@ def test_bad_data_out_and_device_are_one_line_errors(tmp_path, capsys):
         assert "no CUDA device" in err
     err = _one_line_error(capsys, _train(tmp_path, "o", "--mismatch", "sloppy"))
     assert "sloppy" in err
+    err = _one_line_error(capsys, _train(tmp_path, "o", "--mismatch", "0.5", "--integration", "euler"))
+    assert "--integration exact" in err
     err = _one_line_error(capsys, _train(tmp_path, "o", "--task", "shd"))
     assert "--data" in err
 
