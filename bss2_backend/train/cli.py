@@ -175,6 +175,10 @@ def cmd_train(args):
         return _train(args)
     except _user_errors() as e:
         raise UserError(str(e)) from None
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _train(args):
