@@ -8,6 +8,9 @@ bss2_backend.integrations.snntorch.convert places it on the chip, forward_pass r
 alpha = beta = 0.9 at dt = 1 us are the chip's tau_syn = tau_mem = 10 us; reset_mechanism="none"
 is the chip's leaky-integrator readout. snntorch weights are the chip's model-unit weights divided
 by 1 / (1 - beta) = 10, so the 6-bit range +-63 covers snntorch weights of about +-0.098.
+Hidden layer and readout are two Sequentials because forward_pass records the last layer only
+(the loss regularises, and the plots show, the hidden spikes); their named layers give each its
+own placement on the chip.
 """
 from collections import OrderedDict
 
@@ -27,7 +30,6 @@ class Network(nn.Module):
     def __init__(self, chip, n_in=256, n_hidden=246, n_out=10, *, recurrent=False,
                  hidden_init=(-0.003, 0.005), readout_init=(-0.03, 0.03)):
         super().__init__()
-        self.sizes = (n_in, n_hidden, n_out, recurrent)
         if recurrent:
             lif = snn.RSynaptic(alpha=ALPHA, beta=BETA, linear_features=n_hidden, init_hidden=True,
                                 output=True, reset_mechanism="zero")
