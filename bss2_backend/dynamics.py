@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .parameters import LIFParams
-from .readout import ReadoutParams, read_membrane
+from .readout import ReadoutParams, read_membrane_
 from .surrogates import Surrogate, as_surrogate
 from .validation import check_choice, check_number, check_tensor
 
@@ -113,8 +113,8 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
     noise = None
     if ro.noise_lsb > 0:
         gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D)
-        noise = ro.noise_lsb * torch.randn(T, B, N, generator=gen_r, dtype=dt, device=dev)
-    u_out = read_membrane(v_out, ro, noise)
+        noise = torch.randn(T, B, N, generator=gen_r, dtype=dt, device=dev).mul_(ro.noise_lsb)
+    u_out = read_membrane_(v_out, ro, noise)
     return z_out, u_out, free_out
 
 

@@ -54,3 +54,15 @@ def read_membrane(v, readout, noise=None):
         return x if noise is None else x + noise * (1.0 / readout.unit_lsb)
     code = cadc_code(v, readout.offset_lsb, noise, readout.unit_lsb, readout.zero_lsb)
     return code_to_model(code, readout.unit_lsb, readout.zero_lsb)
+
+
+def read_membrane_(v, readout, noise=None):
+    """read_membrane, overwriting `v` (same operations in the same order, no temporaries)."""
+    if not readout.quantise:
+        v.add_(readout.offset_lsb * (1.0 / readout.unit_lsb))
+        return v if noise is None else v.add_(noise.mul_(1.0 / readout.unit_lsb))
+    v.mul_(readout.unit_lsb).add_(readout.zero_lsb).add_(readout.offset_lsb)
+    if noise is not None:
+        v.add_(noise)
+    v.add_(0.5).floor_().clamp_(C.CADC_MIN, C.CADC_MAX)
+    return v.sub_(readout.zero_lsb).mul_(1.0 / readout.unit_lsb)

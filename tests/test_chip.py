@@ -255,3 +255,12 @@ def test_tampered_state_is_refused():
         bb.Chip.from_state_dict(state)
     with pytest.raises(ValueError, match="not a bss2_backend chip state"):
         bb.Chip.from_state_dict({"weights": 1})
+
+
+def test_in_place_readout_equals_readout():
+    from bss2_backend.readout import read_membrane_
+    v = torch.linspace(-3, 5, 1001)
+    noise = torch.randn(1001)
+    for quantise in (True, False):
+        ro = bb.ReadoutParams(torch.randn(1001), 2.0, quantise)
+        assert torch.equal(read_membrane_(v.clone(), ro, noise.clone()), read_membrane(v, ro, noise))
