@@ -191,6 +191,7 @@ class _LIF(torch.autograd.Function):
                                  membrane_noise_lsb=spec["membrane_noise_lsb"], seed=spec["seed"],
                                  spiking=spec["spiking"])
         ctx.spec = spec
+        ctx.set_materialize_grads(False)        # an unused output costs no [T, B, N] of zeros
         ctx.has_inh = x_inh is not None or rec is not None
         ctx.x_dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
         ctx.save_for_backward(z, u, free)

@@ -62,7 +62,8 @@ class _ChipLayer(nn.Module):
         if self._signed(lp):
             x, _ = synapses(spikes, w, exc - inh)
             return x, None, lp
-        x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation)
+        mirrored = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
+        x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation, mirrored)
         return x_exc, x_inh, lp
 
     def _signed(self, lp):

@@ -69,7 +69,7 @@ def _saturate(x, x_sat):
 
 class _Synapses(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spikes, weight, exc, inh, saturation):
+    def forward(ctx, spikes, weight, exc, inh, saturation, mirrored):
         flat = spikes.reshape(-1, spikes.shape[-1])
         shape = (*spikes.shape[:-1], -1)
         x_exc = (flat @ exc.t()).reshape(shape)
@@ -78,6 +78,8 @@ class _Synapses(torch.autograd.Function):
             x_exc, x_inh = _saturate(x_exc, saturation.exc), _saturate(x_inh, saturation.inh)
         ctx.save_for_backward(spikes, weight)
         ctx.signed = inh is None
+        ctx.mirrored = mirrored
+        ctx.set_materialize_grads(False)
         return x_exc, x_inh
 
     @staticmethod
@@ -93,15 +95,15 @@ class _Synapses(torch.autograd.Function):
                 g_spikes = (ge @ weight).reshape(spikes.shape)
             if ctx.needs_input_grad[1] and ge is not None:
                 g_weight = ge.t() @ s
-            return g_spikes, g_weight, None, None, None
+            return g_spikes, g_weight, None, None, None, None
         # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
         pos = weight >= 0
-        if ge is not None and gi is not None and torch.equal(gi, -ge):
+        if ge is not None and gi is not None and (ctx.mirrored or torch.equal(gi, -ge)):
             # equal nominal decays make the inhibitory adjoint mirror the excitatory one: then the
             # signed formulas hold and one GEMM per gradient suffices
             g_spikes = (ge @ weight).reshape(spikes.shape) if ctx.needs_input_grad[0] else None
             g_weight = ge.t() @ s if ctx.needs_input_grad[1] else None
-            return g_spikes, g_weight, None, None, None
+            return g_spikes, g_weight, None, None, None, None
         if ctx.needs_input_grad[0]:
             g = torch.zeros_like(s)
             if ge is not None:
@@ -115,22 +117,24 @@ class _Synapses(torch.autograd.Function):
                 g_weight = g_weight + torch.where(pos, ge.t() @ s, 0)
             if gi is not None:
                 g_weight = g_weight - torch.where(pos, 0, gi.t() @ s)
-        return g_spikes, g_weight, None, None, None
+        return g_spikes, g_weight, None, None, None, None
 
 
-def synapses(spikes, weight, exc, inh=None, saturation=None):
+def synapses(spikes, weight, exc, inh=None, saturation=None, mirrored=False):
     """Input currents of presynaptic spikes [..., N_in] through a synapse array.
 
     weight: the float weights [N_out, N_in] the gradient sees. exc, inh: the non-negative effective
     weights [N_out, N_in] the chip realises (see chip_weights); returns (x_exc, x_inh). With
     inh=None, exc is one signed effective matrix and the result is (x, None): exact whenever the
     excitatory and inhibitory synapses share their time constants (then only exc - inh matters)
-    and cheaper by a GEMM each way.
+    and cheaper by a GEMM each way. mirrored=True promises that the gradient of x_inh will be minus
+    that of x_exc (the nominal neuron's excitatory and inhibitory decays are equal), so the
+    backward needs one GEMM per gradient without checking.
     """
     if inh is None and saturation is not None:
         raise ValueError("saturation needs separate exc and inh weights (inh=None was given)")
     inh = inh.to(spikes.dtype) if inh is not None else None
-    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh, saturation)
+    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh, saturation, mirrored)
 
 
 def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
