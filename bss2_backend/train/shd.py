@@ -38,7 +38,10 @@ def bin_spikes(times, units, steps, duration, channels=CHANNELS, reduced=REDUCED
 
 def read_split(path, steps, duration, limit=None):
     """One SHD file -> (counts uint8 [N, steps, 70], labels int64 [N])."""
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise DataError("reading SHD needs h5py: pip install 'bss2_backend[shd]'") from None
     path = Path(path)
     try:
         if path.suffix == ".gz":
