@@ -55,6 +55,7 @@ def cmd_info(args):
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    info["snntorch_mapping"] = _snntorch_mapping(args)
     if args.plot:
         from .plotting import plot_mismatch
         plot_mismatch(chip, args.plot)
@@ -73,9 +74,21 @@ def cmd_info(args):
         if isinstance(s, dict):
             print(f"  {name:18s} {s['mean']:10.4g} {s['std']:9.3g} {s['min']:10.4g} {s['max']:10.4g}")
     print(f"  circuits with leak above threshold (fire tonically): {info['mismatch_summary']['tonic_circuits']}")
+    print("snntorch -> chip mapping (chip mode, the `bss2 train` network):")
+    for name, line in info["snntorch_mapping"].items():
+        print(f"  {name}: {line}")
     if args.plot:
         print(f"histograms of the drawn mismatch: {args.plot}")
     return 0
+
+
+def _snntorch_mapping(args):
+    """How chip mode maps snntorch's beta/alpha/threshold onto this chip, shown for the network
+    `bss2 train` builds (its own chip instance: the one reported above stays unplaced)."""
+    from .train.model import mnist_network
+    net = mnist_network(chip_from_args(args))
+    return {name: module._bss2_binding.describe() for name, module in net.named_modules()
+            if hasattr(module, "_bss2_binding")}
 
 
 def build_parser():

@@ -13,6 +13,8 @@ def test_info_json_reports_version_device_constants_and_mismatch(capsys):
     assert info["chip"]["seed"] == 4 and info["chip"]["mismatch"]["leak"] == 0.1
     leak = info["mismatch_summary"]["leak_lsb"]
     assert 80 * 0.07 < leak["std"] < 80 * 0.13
+    mapping = info["snntorch_mapping"]
+    assert "tau_mem=10 us" in mapping["hidden.lif1"] and "LI readout" in mapping["readout.li"]
 
 
 def test_info_text_and_bad_mismatch_is_a_one_line_error(capsys):
