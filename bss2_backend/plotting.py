@@ -1,23 +1,6 @@
 """Figures of a chip's drawn fixed pattern."""
-import os
-import tempfile
-
 from . import constants as C
-
-
-def save_figure(fig, path):
-    """Write atomically (temp file + rename), so an existing figure is never half-overwritten."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from .files import save_figure
 
 
 def plot_mismatch(chip, path):

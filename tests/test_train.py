@@ -11,7 +11,7 @@ import torch
 from bss2_backend import Chip
 from bss2_backend.cli import main
 from bss2_backend.train.data import load_digits
-from bss2_backend.train.files import atomic_path, save_torch
+from bss2_backend.files import atomic_path, save_torch
 from bss2_backend.train.config import TrainConfig
 from bss2_backend.train.loop import evaluate, fit
 

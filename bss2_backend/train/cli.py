@@ -165,7 +165,7 @@ def _user_errors():
     """Exceptions that are the user's to fix: shown as one line, never as a traceback."""
     from ..placement import PlacementError
     from .data import DataError
-    from .files import OutputError
+    from ..files import OutputError
     from .loop import CheckpointError
     return DataError, CheckpointError, OutputError, PlacementError
 
@@ -183,7 +183,7 @@ def cmd_train(args):
 
 def _train(args):
     from . import plots
-    from .files import prepare_out, write_text
+    from ..files import prepare_out, write_text
     from .loop import fit
     _positive("--threads", args.threads)
     torch.set_num_threads(args.threads)
@@ -236,7 +236,7 @@ def cmd_selfcal(args):
 def _selfcal(args):
     from . import plots, selfcal
     from .data import load_images
-    from .files import prepare_out, write_text
+    from ..files import prepare_out, write_text
     _positive("--threads", args.threads)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
-from .files import save_torch
+from ..files import save_torch
 from .model import mnist_network, shd_network
 
 CHECKPOINT_FORMAT = "bss2-train-checkpoint"

@@ -1,7 +1,7 @@
 """Figures written to --out: training curves, a Fig-3A-like panel, the self-calibration sweep."""
 import torch
 
-from .files import save_figure
+from ..files import save_figure
 
 
 def _pyplot():

@@ -11,7 +11,7 @@ import csv
 import io
 
 from ..chip import Chip
-from .files import write_text
+from ..files import write_text
 from .loop import build_network, evaluate, fit
 
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
