@@ -67,6 +67,7 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
     refractory = spiking and bool(p.ref_steps.any())
 
     v = p.v_leak.expand(B, N).clone()          # membrane after the previous step's reset
+    vt = torch.empty(B, N, dtype=dt, device=dev)  # membrane of this step before the reset
     i_e = torch.zeros(B, N, dtype=dt, device=dev)
     i_i = torch.zeros(B, N, dtype=dt, device=dev)
     ref = torch.zeros(B, N, dtype=torch.int32, device=dev)
@@ -74,12 +75,17 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
     z = torch.zeros(B, N, dtype=torch.bool, device=dev)
     drive = torch.empty(B, N, dtype=dt, device=dev)
     syn = torch.empty(B, N, dtype=dt, device=dev)
+    noise_m = torch.empty(B, N, dtype=dt, device=dev) if gen_m is not None else None
+    gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D) \
+        if ro.noise_lsb > 0 else None
+    noise_r = torch.empty(B, N, dtype=dt, device=dev) if gen_r is not None else None
     keep_e, keep_i = 1.0 - p.a_syn_exc, 1.0 - p.a_syn_inh
-    # v_out[t] is the working membrane of step t (sampled before the reset): no copies
-    v_out = torch.empty(T, B, N, dtype=dt, device=dev)
+    u_out = torch.empty(T, B, N, dtype=dt, device=dev)
     z_out = (torch.empty if spiking else torch.zeros)(T, B, N, dtype=dt, device=dev)
     free_out = torch.empty(T, B, N, dtype=torch.bool, device=dev) if refractory else None
-    # the in-place ops compute exactly v + a_mem * ((v_leak - v) + (i_e - i_i)) etc., op by op
+    # Everything works on [B, N] buffers reused every step (fresh [T, B, N] temporaries cost more
+    # in page faults than in arithmetic on a CPU); the in-place ops compute exactly
+    # v + a_mem * ((v_leak - v) + (i_e - i_i)) etc., op by op, as the kernels do.
     for t in range(T):
         x_e = x_exc[t].to(dt)
         x_i = x_inh[t].to(dt) if x_inh is not None else None
@@ -89,32 +95,30 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
             x_i = z_prev @ rec_i if x_i is None else x_i + z_prev @ rec_i
         torch.sub(p.v_leak, v, out=drive)
         drive.add_(torch.sub(i_e, i_i, out=syn) if has_inh else i_e).mul_(p.a_mem)
-        vt = torch.add(v, drive, out=v_out[t])
-        if gen_m is not None:
-            vt.add_(torch.randn(B, N, generator=gen_m, dtype=dt, device=dev).mul_(sigma_m))
+        torch.add(v, drive, out=vt)
+        if noise_m is not None:
+            vt.add_(torch.randn(B, N, generator=gen_m, out=noise_m).mul_(sigma_m))
         i_e.mul_(keep_e).add_(x_e)
         if has_inh:
             i_i.mul_(keep_i).add_(x_i)
-        if not spiking:
-            v = vt
-            continue
-        if refractory:
+        if spiking and refractory:
             torch.gt(ref, 0, out=held)
             torch.where(held, p.v_reset, vt, out=vt)
             torch.logical_not(held, out=free_out[t])
             torch.gt(vt, p.v_th, out=z).logical_and_(free_out[t])
-        else:
+        elif spiking:
             torch.gt(vt, p.v_th, out=z)
+        if noise_r is not None:
+            torch.randn(B, N, generator=gen_r, out=noise_r).mul_(ro.noise_lsb)
+        read_membrane_(vt, ro, noise_r, out=u_out[t])
+        if not spiking:
+            v, vt = vt, v
+            continue
         z_out[t] = z
         torch.where(z, p.v_reset, vt, out=v)
         if refractory:
             ref.sub_(1).clamp_(min=0)
             torch.where(z, p.ref_steps, ref, out=ref)
-    noise = None
-    if ro.noise_lsb > 0:
-        gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D)
-        noise = torch.randn(T, B, N, generator=gen_r, dtype=dt, device=dev).mul_(ro.noise_lsb)
-    u_out = read_membrane_(v_out, ro, noise)
     return z_out, u_out, free_out
 
 
@@ -136,35 +140,34 @@ def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, h
         g_inh[T - 1].zero_()
     lam_v = torch.zeros(B, N, dtype=dt, device=dev)
     g = torch.empty(B, N, dtype=dt, device=dev)
-    # everything that does not depend on the reverse recursion, for all steps at once
-    direct = g_u.to(dt) if g_u is not None else None
-    gate = None
-    if spiking:
-        sg = surrogate.grad(u - p.v_th)
-        freef = free.to(dt) if free is not None else None
-        if freef is not None:
-            sg.mul_(freef)
-        if g_z is not None:
-            direct = g_z.to(dt) * sg if direct is None else direct + g_z.to(dt) * sg
-        if direct is not None and freef is not None:
-            direct = direct * freef
-        gate = 1.0 - z
-        if freef is not None:
-            gate.mul_(freef)
-    if direct is None:
-        direct = torch.zeros(T, B, N, dtype=dt, device=dev)
+    sg = torch.empty(B, N, dtype=dt, device=dev)
+    gate = torch.empty(B, N, dtype=dt, device=dev)
+    g_z = g_z.to(dt) if g_z is not None else None
+    g_u = g_u.to(dt) if g_u is not None else None
     w_pos = w_neg = None
     if recurrence is not None:
         w = recurrence.weight.to(dev, dt)
         w_pos, w_neg = torch.clamp(w, min=0), torch.clamp(-w, min=0)
+    # per-step [B, N] buffers, reused: no [T, B, N] temporaries (see lif_forward)
     for t in range(T - 1, -1, -1):
+        if g_u is not None:
+            g.copy_(g_u[t])
+        else:
+            g.zero_()
         if spiking:
-            torch.addcmul(direct[t], gate[t], lam_v, out=g)
+            gz = g_z[t] if g_z is not None else None
             if w_pos is not None and t < T - 1:
                 l_i = g_inh[t + 1] if own_inh else -g_exc[t + 1]
-                g.addcmul_(g_exc[t + 1] @ w_pos + l_i @ w_neg, sg[t])   # sg holds free
+                rec = g_exc[t + 1] @ w_pos + l_i @ w_neg
+                gz = rec if gz is None else rec.add_(gz)
+            if gz is not None:
+                g.addcmul_(gz, surrogate.grad_(torch.sub(u[t], p.v_th, out=sg)))
+            torch.sub(1.0, z[t], out=gate)
+            g.addcmul_(gate, lam_v)
+            if free is not None:
+                g.mul_(free[t])
         else:
-            torch.add(direct[t], lam_v, out=g)
+            g.add_(lam_v)
         torch.mul(g, keep_m, out=lam_v)
         if t > 0:
             torch.mul(g_exc[t], keep_e, out=g_exc[t - 1]).addcmul_(g, p.a_mem)

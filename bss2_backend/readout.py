@@ -56,13 +56,15 @@ def read_membrane(v, readout, noise=None):
     return code_to_model(code, readout.unit_lsb, readout.zero_lsb)
 
 
-def read_membrane_(v, readout, noise=None):
-    """read_membrane, overwriting `v` (same operations in the same order, no temporaries)."""
+def read_membrane_(v, readout, noise=None, out=None):
+    """read_membrane without temporaries: the result goes to `out` (default: overwrite `v`); the
+    same operations in the same order. `noise` may be overwritten too."""
+    out = v if out is None else out
     if not readout.quantise:
-        v.add_(readout.offset_lsb * (1.0 / readout.unit_lsb))
-        return v if noise is None else v.add_(noise.mul_(1.0 / readout.unit_lsb))
-    v.mul_(readout.unit_lsb).add_(readout.zero_lsb).add_(readout.offset_lsb)
+        torch.add(v, readout.offset_lsb * (1.0 / readout.unit_lsb), out=out)
+        return out if noise is None else out.add_(noise.mul_(1.0 / readout.unit_lsb))
+    torch.mul(v, readout.unit_lsb, out=out).add_(readout.zero_lsb).add_(readout.offset_lsb)
     if noise is not None:
-        v.add_(noise)
-    v.add_(0.5).floor_().clamp_(C.CADC_MIN, C.CADC_MAX)
-    return v.sub_(readout.zero_lsb).mul_(1.0 / readout.unit_lsb)
+        out.add_(noise)
+    out.add_(0.5).floor_().clamp_(C.CADC_MIN, C.CADC_MAX)
+    return out.sub_(readout.zero_lsb).mul_(1.0 / readout.unit_lsb)

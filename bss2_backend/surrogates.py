@@ -33,19 +33,23 @@ class Surrogate:
         check_number("surrogate alpha", self.alpha, low=0.0, low_open=True)
 
     def grad(self, u):
+        return self.grad_(u.clone())
+
+    def grad_(self, u):
+        """grad(u) written into u (the CPU reverse sweep reuses one buffer per step)."""
         a = self.alpha
         if self.kind == "superspike":
-            d = u.abs().mul_(a).add_(1.0)            # one temporary: this runs on [T, B, N]
-            return d.mul_(d).reciprocal_()
+            u.abs_().mul_(a).add_(1.0)
+            return u.mul_(u).reciprocal_()
         if self.kind == "atan":
-            y = u * (math.pi / 2 * a)
-            return y.mul_(y).add_(1.0).reciprocal_().mul_(a / 2)
+            u.mul_(math.pi / 2 * a)
+            return u.mul_(u).add_(1.0).reciprocal_().mul_(a / 2)
         if self.kind == "sigmoid":
-            s = torch.sigmoid(a * u)
-            return a * s * (1.0 - s)
+            u.mul_(a).sigmoid_()
+            return u.mul_(1.0 - u).mul_(a)
         if self.kind == "triangular":
-            return a * torch.clamp(1.0 - a * u.abs(), min=0.0)
-        return torch.ones_like(u)
+            return u.abs_().mul_(-a).add_(1.0).clamp_(min=0.0).mul_(a)
+        return u.fill_(1.0)
 
     def primitive(self, u):
         a = self.alpha
