@@ -20,6 +20,10 @@ from .weights import chip_weights, synapses
 
 
 class _ChipLayer(nn.Module):
+    """Common to the chip layers. Args: chip; in_features, out_features; name (placement name,
+    default kind + index); circuits_per_neuron (1 or 2, default: as many as the inputs need);
+    weight_init: gain g of the uniform init in +-g/sqrt(in_features), model units (threshold 1);
+    backend: "auto" | "torch" | "triton"."""
     kind = "layer"
 
     def __init__(self, chip, in_features, out_features, *, name=None, circuits_per_neuron=None,
