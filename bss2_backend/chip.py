@@ -30,13 +30,6 @@ class LayerParams(NamedTuple):
     gain_exc: torch.Tensor      # [n_out, n_in] fixed-pattern gain of each excitatory synapse
     gain_inh: torch.Tensor
 
-    @property
-    def shared_synapse_tau(self):
-        """Excitatory and inhibitory synapses decay alike on the chip and in the nominal model, so
-        one signed input current is exact (bss2_backend.weights.synapses with inh=None)."""
-        return bool(torch.equal(self.params.a_syn_exc, self.params.a_syn_inh)
-                    and torch.equal(self.nominal.a_syn_exc, self.nominal.a_syn_inh))
-
     def to(self, device=None, dtype=None):
         return LayerParams(self.params.to(device, dtype), self.nominal.to(device, dtype),
                            self.readout.to(device, dtype), self.gain_exc.to(device, dtype),
@@ -153,6 +146,19 @@ class Chip:
         key = (placement.name, str(device), dtype)
         if key not in self._cache:
             self._cache[key] = self._layer_params(placement).to(device, dtype)
+        return self._cache[key]
+
+    def synapse_decays(self, placement):
+        """(alike, nominal_alike): do a layer's excitatory and inhibitory synapses decay alike on
+        the chip and in the nominal model (then one signed input current is exact), and in the
+        nominal model alone (then the inhibitory gradient mirrors the excitatory one). Decided once
+        per layer on the host copy, so a forward on a GPU never syncs for it."""
+        key = (placement.name, "decays")
+        if key not in self._cache:
+            lp = self.layer_params(placement, "cpu", torch.float64)
+            nominal_alike = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
+            alike = nominal_alike and bool(torch.equal(lp.params.a_syn_exc, lp.params.a_syn_inh))
+            self._cache[key] = (alike, nominal_alike)
         return self._cache[key]
 
     def _layer_params(self, p):

@@ -75,6 +75,7 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
     z = torch.zeros(B, N, dtype=torch.bool, device=dev)
     drive = torch.empty(B, N, dtype=dt, device=dev)
     syn = torch.empty(B, N, dtype=dt, device=dev)
+    z_prev = torch.empty(B, N, dtype=dt, device=dev) if rec_e is not None else None
     noise_m = torch.empty(B, N, dtype=dt, device=dev) if gen_m is not None else None
     gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D) \
         if ro.noise_lsb > 0 else None
@@ -90,7 +91,7 @@ def lif_forward(x_exc, x_inh, params, readout, *, recurrence=None, membrane_nois
         x_e = x_exc[t].to(dt)
         x_i = x_inh[t].to(dt) if x_inh is not None else None
         if rec_e is not None:
-            z_prev = z.to(dt)
+            z_prev.copy_(z)
             x_e = x_e + z_prev @ rec_e
             x_i = z_prev @ rec_i if x_i is None else x_i + z_prev @ rec_i
         torch.sub(p.v_leak, v, out=drive)
@@ -144,7 +145,7 @@ def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, h
     gate = torch.empty(B, N, dtype=dt, device=dev)
     g_z = g_z.to(dt) if g_z is not None else None
     g_u = g_u.to(dt) if g_u is not None else None
-    w_pos = w_neg = None
+    w = w_pos = w_neg = None
     if recurrence is not None:
         w = recurrence.weight.to(dev, dt)
         w_pos, w_neg = torch.clamp(w, min=0), torch.clamp(-w, min=0)
@@ -156,9 +157,9 @@ def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, h
             g.zero_()
         if spiking:
             gz = g_z[t] if g_z is not None else None
-            if w_pos is not None and t < T - 1:
-                l_i = g_inh[t + 1] if own_inh else -g_exc[t + 1]
-                rec = g_exc[t + 1] @ w_pos + l_i @ w_neg
+            if w is not None and t < T - 1:
+                # mirrored adjoints: l_e @ relu(W) + (-l_e) @ relu(-W) = l_e @ W, one GEMM
+                rec = g_exc[t + 1] @ w_pos + g_inh[t + 1] @ w_neg if own_inh else g_exc[t + 1] @ w
                 gz = rec if gz is None else rec.add_(gz)
             if gz is not None:
                 g.addcmul_(gz, surrogate.grad_(torch.sub(u[t], p.v_th, out=sg)))
@@ -173,16 +174,18 @@ def lif_backward(g_z, g_u, z, u, free, nominal, surrogate, *, recurrence=None, h
             torch.mul(g_exc[t], keep_e, out=g_exc[t - 1]).addcmul_(g, p.a_mem)
             if own_inh:
                 torch.mul(g_inh[t], keep_i, out=g_inh[t - 1]).addcmul_(g, p.a_mem, value=-1.0)
-    if mirror:
-        g_inh = -g_exc
     g_w = None
     if recurrence is not None and T > 1:
         z_prev = z[:-1].reshape(-1, N)
         ge = g_exc[1:].reshape(-1, N).t() @ z_prev
-        gi = g_inh[1:].reshape(-1, N).t() @ z_prev
-        g_w = torch.where(recurrence.weight >= 0, ge, -gi).to(recurrence.weight.dtype)
+        if own_inh:
+            gi = g_inh[1:].reshape(-1, N).t() @ z_prev
+            ge = torch.where(recurrence.weight >= 0, ge, -gi)
+        g_w = ge.to(recurrence.weight.dtype)            # mirrored: -gi == ge everywhere
     elif recurrence is not None:
         g_w = torch.zeros_like(recurrence.weight)
+    if mirror:
+        g_inh = -g_exc
     return g_exc, g_inh, g_w
 
 

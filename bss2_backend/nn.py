@@ -63,15 +63,12 @@ class _ChipLayer(nn.Module):
             raise ValueError(f"spikes must have {self.in_features} features (last dim), got shape "
                              f"{tuple(spikes.shape)}")
         w, exc, inh, lp = self._weights(self.weight, slice(0, self.in_features))
-        if self._signed(lp):
+        alike, nominal_alike = self.chip.synapse_decays(self.placement)
+        if alike and self.chip.saturation is None:
             x, _ = synapses(spikes, w, exc - inh)
             return x, None, lp
-        mirrored = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
-        x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation, mirrored)
+        x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation, nominal_alike)
         return x_exc, x_inh, lp
-
-    def _signed(self, lp):
-        return self.chip.saturation is None and lp.shared_synapse_tau
 
     def extra_repr(self):
         p = self.placement

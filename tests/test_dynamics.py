@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import bss2_backend as bb
-from bss2_backend.dynamics import lif_backward, lif_forward
+from bss2_backend.dynamics import lif_forward
 from bss2_backend.surrogates import KINDS, Surrogate
 
 from reference import lif_reference
@@ -175,3 +175,24 @@ def test_half_precision_inputs_compute_in_float32():
     assert u16.dtype == torch.bfloat16
     assert torch.allclose(u16.float(), lif_forward(x.to(torch.bfloat16), None, p,
                                                    bb.ReadoutParams.ideal(4))[1].to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_mirrored_inhibitory_adjoint_equals_autograd(recurrent):
+    """Equal nominal exc/inh decays take the mirrored path (g_inh = -g_exc, one recurrent GEMM)."""
+    T, B, N = 15, 4, 9
+    p = random_params(N)
+    p = p._replace(a_syn_inh=p.a_syn_exc.clone())
+    sur = Surrogate("superspike", 5.0)
+    xe, xi = inputs(T, B, N)
+    w = (0.8 * torch.randn(N, N, dtype=f64)).requires_grad_() if recurrent else None
+    rec = bb.Recurrence(w, w.detach().clamp(min=0), (-w.detach()).clamp(min=0)) if recurrent else None
+    z, u = bb.cuba_lif(xe, xi, params=p, recurrence=rec, surrogate=sur, backend="torch")
+    z_ref, u_ref = lif_reference(xe, xi, p, sur, w_rec=w)
+    assert torch.equal(z, z_ref) and 0 < z.sum() < z.numel()
+    gz, gu = torch.randn_like(z), torch.randn_like(u)
+    params = [xe, xi] + ([w] if recurrent else [])
+    got = grads((z * gz).sum() + (u * gu).sum(), params)
+    want = grads((z_ref * gz).sum() + (u_ref * gu).sum(), params)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
