@@ -16,7 +16,7 @@ from torch import nn
 
 from .dynamics import Recurrence, cuba_lif, li
 from .validation import check_tensor
-from .weights import chip_weights, synapses
+from .weights import synapses, weight_path
 
 
 class _ChipLayer(nn.Module):
@@ -50,12 +50,8 @@ class _ChipLayer(nn.Module):
         check_tensor(f"{self.name}.weight", weight, ndim=2)
         chip = self.chip
         lp = chip.layer_params(self.placement, weight.device, weight.dtype)
-        ge, gi = lp.gain_exc[:, columns], lp.gain_inh[:, columns]
-        exc, inh = chip_weights(weight, ge, gi, chip.weight_scale, chip.quantise)
-        if chip.quantise:
-            limit = 63.0 / chip.weight_scale
-            weight = weight.clamp(-limit, limit)
-        return weight, exc, inh, lp
+        return (*weight_path(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
+                             chip.weight_scale, chip.quantise), lp)
 
     def _input_currents(self, spikes):
         check_tensor("spikes", spikes, ndim=3)

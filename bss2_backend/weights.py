@@ -142,3 +142,14 @@ def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quant
     with torch.no_grad():
         w = to_hardware(weight, scale) / scale if quantise else weight
         return torch.clamp(w, min=0) * gain_exc, torch.clamp(-w, min=0) * gain_inh
+
+
+def weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
+    """(nominal, exc, inh) of a placed layer: the float weight the gradient sees, clamped where
+    the chip clips (so its gradient is zero there, as the chip's), and the chip's effective
+    excitatory and inhibitory weights (chip_weights)."""
+    exc, inh = chip_weights(weight, gain_exc, gain_inh, scale, quantise)
+    if quantise:
+        limit = C.WEIGHT_MAX / scale
+        weight = weight.clamp(-limit, limit)
+    return weight, exc, inh

@@ -24,7 +24,7 @@ import torch
 
 from bss2_backend.chip import Chip
 from bss2_backend.dynamics import Recurrence, cuba_lif, li
-from bss2_backend.weights import chip_weights, synapses
+from bss2_backend.weights import synapses, weight_path
 
 from .neurons import supported_kind
 
@@ -69,6 +69,16 @@ class ChipBinding:
                 a_syn_inh=_rescale(p.a_syn_inh, scale_inh, chip))
             self._cache[key] = lp._replace(params=retarget(lp.params), nominal=retarget(lp.nominal))
         return self._cache[key]
+
+
+    def synapse_decays(self):
+        """As Chip.synapse_decays, for the retargeted time constants; decided once on the host."""
+        if "decays" not in self._cache:
+            lp = self.layer_params("cpu", torch.float64)
+            nominal_alike = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
+            alike = nominal_alike and bool(torch.equal(lp.params.a_syn_exc, lp.params.a_syn_inh))
+            self._cache["decays"] = (alike, nominal_alike)
+        return self._cache["decays"]
 
 
 def _rescale(a, factor, chip):
@@ -183,13 +193,8 @@ def bind(module, linear, where, chip):
 def _model_weights(binding, weight, columns, lp):
     """Nominal weight the gradient sees and the chip's effective (exc, inh) weights."""
     chip = binding.chip
-    w = weight * binding.mapping.weight_gain
-    exc, inh = chip_weights(w, lp.gain_exc[:, columns], lp.gain_inh[:, columns], chip.weight_scale,
-                            chip.quantise)
-    if chip.quantise:
-        limit = 63.0 / chip.weight_scale
-        w = w.clamp(-limit, limit)
-    return w, exc, inh
+    return weight_path(weight * binding.mapping.weight_gain, lp.gain_exc[:, columns],
+                       lp.gain_inh[:, columns], chip.weight_scale, chip.quantise)
 
 
 def run_layer(binding, linear, module, spikes):
@@ -203,7 +208,11 @@ def run_layer(binding, linear, module, spikes):
     spikes = spikes.to(dtype)
     lp = binding.layer_params(spikes.device, dtype)
     w, exc, inh = _model_weights(binding, linear.weight.to(dtype), slice(0, n_in), lp)
-    x_exc, x_inh = synapses(spikes, w, exc, inh, chip.saturation)
+    alike, nominal_alike = binding.synapse_decays()
+    if alike and chip.saturation is None:
+        x_exc, x_inh = synapses(spikes, w, exc - inh)
+    else:
+        x_exc, x_inh = synapses(spikes, w, exc, inh, chip.saturation, nominal_alike)
     noise = chip.noise.membrane_lsb
     if m.readout:
         u = li(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
