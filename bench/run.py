@@ -60,6 +60,8 @@ def environment():
                                 capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    # a copy of the tree without .git (a lent GPU machine) names its commit in BSS2_GIT_COMMIT
+    commit = commit or os.environ.get("BSS2_GIT_COMMIT", "")
     try:
         import triton
         triton_version = triton.__version__
