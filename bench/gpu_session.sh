@@ -37,7 +37,7 @@ for s in "${steps[@]}"; do
     profile)
         step profile
         timeout "$T_PROFILE" $PY -m bss2_backend.bench.profile --workloads A B \
-            --impls "bss2.ideal[triton]" "bss2.chip[triton]" snntorch --modes fwd fwd+bwd \
+            --impls "bss2.ideal[triton]" "bss2.chip[triton]" --modes fwd fwd+bwd \
             --iters 20 --rows 30 > "$OUT/profile.log" 2>&1
         tail -12 "$OUT/profile.log" ;;
     bench)

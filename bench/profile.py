@@ -33,15 +33,18 @@ def wall_ms(fn, device, iters):
 
 
 def profile(fn, device, iters, rows):
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, acc_events=True) as prof:
         for _ in range(iters):
             fn()
         _sync(device)
     events = prof.key_averages()
-    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
-    launches = sum(e.count for e in events if getattr(e, "self_device_time_total", 0.0) > 0)
+    # kernels and copies are the events that run on the device (ops' device totals repeat them)
+    on_device = [e for e in events if e.device_type != DeviceType.CPU]
+    device_us = sum(e.self_device_time_total for e in on_device)
+    launches = sum(e.count for e in on_device)
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
     return device_us / iters / 1e3, launches / iters, table

@@ -161,6 +161,16 @@ class Chip:
             self._cache[key] = (alike, nominal_alike)
         return self._cache[key]
 
+    def unit_gains(self, placement):
+        """Whether every synapse of a placed layer has gain exactly 1 (no fixed-pattern spread):
+        then the effective signed weight of an unquantised chip is the float weight itself.
+        Decided once per layer on the host copy, like synapse_decays."""
+        key = (placement.name, "unit_gains")
+        if key not in self._cache:
+            lp = self.layer_params(placement, "cpu", torch.float64)
+            self._cache[key] = bool((lp.gain_exc == 1).all() and (lp.gain_inh == 1).all())
+        return self._cache[key]
+
     def _layer_params(self, p):
         circ = p.circuit_matrix()                       # [n_out, k]
         c, first = self._circuits, circ[:, 0]

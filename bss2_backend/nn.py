@@ -16,7 +16,7 @@ from torch import nn
 
 from .dynamics import Recurrence, cuba_lif, li
 from .validation import check_tensor
-from .weights import synapses, weight_path
+from .weights import nominal_weight, signed_chip_weight, synapses, weight_path
 
 
 class _ChipLayer(nn.Module):
@@ -53,16 +53,30 @@ class _ChipLayer(nn.Module):
         return (*weight_path(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
                              chip.weight_scale, chip.quantise), lp)
 
+    def _signed_weights(self, weight, columns):
+        """Nominal weight, the chip's signed effective weight exc - inh, and the LayerParams. An
+        unquantised chip without synapse gain spread (the ideal chip) realises the weight itself."""
+        check_tensor(f"{self.name}.weight", weight, ndim=2)
+        chip = self.chip
+        lp = chip.layer_params(self.placement, weight.device, weight.dtype)
+        if not chip.quantise and chip.unit_gains(self.placement):
+            return weight, weight.detach(), lp
+        signed = signed_chip_weight(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
+                                    chip.weight_scale, chip.quantise)
+        return nominal_weight(weight, chip.weight_scale, chip.quantise), signed, lp
+
     def _input_currents(self, spikes):
         check_tensor("spikes", spikes, ndim=3)
         if spikes.shape[-1] != self.in_features:
             raise ValueError(f"spikes must have {self.in_features} features (last dim), got shape "
                              f"{tuple(spikes.shape)}")
-        w, exc, inh, lp = self._weights(self.weight, slice(0, self.in_features))
         alike, nominal_alike = self.chip.synapse_decays(self.placement)
         if alike and self.chip.saturation is None:
-            x, _ = synapses(spikes, w, exc - inh)
+            # one signed current, since only exc - inh matters: one GEMM and the fewest device ops
+            w, signed, lp = self._signed_weights(self.weight, slice(0, self.in_features))
+            x, _ = synapses(spikes, w, signed)
             return x, None, lp
+        w, exc, inh, lp = self._weights(self.weight, slice(0, self.in_features))
         x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation, nominal_alike)
         return x_exc, x_inh, lp
 

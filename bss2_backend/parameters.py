@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from . import constants as C
-from .validation import check_choice, check_number
+from .validation import check_choice, check_number, checks_values
 
 INTEGRATIONS = ("euler", "exact")
 
@@ -138,8 +138,10 @@ class LIFParams(NamedTuple):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name}.{field} must be a tensor of shape ({n},), got {got}")
             if field == "ref_steps":
-                if t.is_floating_point() or bool((t < 0).any()):
+                if t.is_floating_point() or (checks_values(t) and bool((t < 0).any())):
                     raise ValueError(f"{name}.ref_steps must be non-negative integers")
+                continue
+            if not checks_values(t):
                 continue
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name}.{field} contains NaN or inf")

@@ -144,12 +144,24 @@ def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quant
         return torch.clamp(w, min=0) * gain_exc, torch.clamp(-w, min=0) * gain_inh
 
 
+def signed_chip_weight(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
+    """exc - inh of chip_weights, bit for bit, in fewer device ops (each w is either exc or inh)."""
+    with torch.no_grad():
+        w = to_hardware(weight, scale) / scale if quantise else weight
+        return w * torch.where(w >= 0, gain_exc, gain_inh)
+
+
 def weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
     """(nominal, exc, inh) of a placed layer: the float weight the gradient sees, clamped where
     the chip clips (so its gradient is zero there, as the chip's), and the chip's effective
     excitatory and inhibitory weights (chip_weights)."""
     exc, inh = chip_weights(weight, gain_exc, gain_inh, scale, quantise)
+    return nominal_weight(weight, scale, quantise), exc, inh
+
+
+def nominal_weight(weight, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
+    """The float weight the gradient sees: clamped where the chip clips (zero gradient there)."""
     if quantise:
         limit = C.WEIGHT_MAX / scale
-        weight = weight.clamp(-limit, limit)
-    return weight, exc, inh
+        return weight.clamp(-limit, limit)
+    return weight

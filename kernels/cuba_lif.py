@@ -3,6 +3,7 @@
 Matches bss2_backend.dynamics.lif_forward / lif_backward operation by operation (the derivation,
 memory layout, grid and noise scheme are in kernels/README.md).
 """
+import weakref
 from typing import Optional
 
 import torch
@@ -69,12 +70,22 @@ def cuba_lif_fwd_kernel(
     b_ie = tl.zeros([BB, BN], dtype=DT)
     b_ii = tl.zeros([BB, BN], dtype=DT)
     b_ref = tl.zeros([BB, BN], dtype=tl.int32)
+    # the inputs of step t+1 are loaded while step t computes: the loop's only long-latency reads
+    # do not depend on the state, so one step of prefetch hides them
+    b_xe_next = tl.load(x_exc + o_bn, mask=m_bn, other=0.0)
+    b_xi_next = b_xe_next
+    if HAS_INH:
+        b_xi_next = tl.load(x_inh + o_bn, mask=m_bn, other=0.0)
     for t in range(T):
         o_t = tl.cast(t, tl.int64) * B * N
-        b_xe = tl.load(x_exc + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+        # the last step re-reads itself: a redundant load instead of a mask on the step index
+        o_next = tl.cast(tl.minimum(t + 1, T - 1), tl.int64) * B * N
+        b_xe = b_xe_next.to(DT)
+        b_xe_next = tl.load(x_exc + o_next + o_bn, mask=m_bn, other=0.0)
         b_xi = tl.zeros([BB, BN], dtype=DT)
         if HAS_INH:
-            b_xi = tl.load(x_inh + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+            b_xi = b_xi_next.to(DT)
+            b_xi_next = tl.load(x_inh + o_next + o_bn, mask=m_bn, other=0.0)
         if HAS_REC:
             # z[t-1] @ W^T: the previous step's spikes are re-read from the output this program
             # wrote (the barrier makes them visible to all its threads); BN covers all N here.
@@ -158,24 +169,47 @@ def cuba_lif_bwd_kernel(
     b_le = tl.zeros([BB, BN], dtype=DT)
     b_li = tl.zeros([BB, BN], dtype=DT)
     b_gzrec = tl.zeros([BB, BN], dtype=DT)
+    # the observables of step t-1 are loaded while step t computes (they do not depend on the
+    # adjoints), hiding the loop's long-latency reads as in the forward
+    o_last = tl.cast(T - 1, tl.int64) * B * N
+    b_gu_next = tl.zeros([BB, BN], dtype=DT)
+    b_gz_next = tl.zeros([BB, BN], dtype=DT)
+    b_z_next = tl.zeros([BB, BN], dtype=DT)
+    b_u_next = tl.zeros([BB, BN], dtype=DT)
+    b_free_next = tl.zeros([BB, BN], dtype=DT)
+    if HAS_GU:
+        b_gu_next = tl.load(g_u + o_last + o_bn, mask=m_bn, other=0.0).to(DT)
+    if SPIKING:
+        b_z_next = tl.load(z + o_last + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_free_next = tl.load(free + o_last + o_bn, mask=m_bn, other=0).to(DT)
+        if HAS_GZ:
+            b_gz_next = tl.load(g_z + o_last + o_bn, mask=m_bn, other=0.0).to(DT)
+        if HAS_GZ or HAS_REC:
+            b_u_next = tl.load(u + o_last + o_bn, mask=m_bn, other=0.0).to(DT)
     for i_t in range(T):
         o_t = tl.cast(T - 1 - i_t, tl.int64) * B * N
+        o_p = tl.cast(tl.maximum(T - 2 - i_t, 0), tl.int64) * B * N
         tl.store(g_exc + o_t + o_bn, b_le, mask=m_bn)
         if HAS_INH:
             tl.store(g_inh + o_t + o_bn, b_li, mask=m_bn)
         b_g = tl.zeros([BB, BN], dtype=DT)
         if HAS_GU:
-            b_g = tl.load(g_u + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+            b_g = b_gu_next
+            b_gu_next = tl.load(g_u + o_p + o_bn, mask=m_bn, other=0.0).to(DT)
         if SPIKING:
-            b_zt = tl.load(z + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
-            b_free = tl.load(free + o_t + o_bn, mask=m_bn, other=0).to(DT)
+            b_zt = b_z_next
+            b_free = b_free_next
+            b_z_next = tl.load(z + o_p + o_bn, mask=m_bn, other=0.0).to(DT)
+            b_free_next = tl.load(free + o_p + o_bn, mask=m_bn, other=0).to(DT)
             if HAS_GZ or HAS_REC:
                 b_gz = tl.zeros([BB, BN], dtype=DT)
                 if HAS_GZ:
-                    b_gz = tl.load(g_z + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+                    b_gz = b_gz_next
+                    b_gz_next = tl.load(g_z + o_p + o_bn, mask=m_bn, other=0.0).to(DT)
                 if HAS_REC:
                     b_gz = b_gz + b_gzrec
-                b_ut = tl.load(u + o_t + o_bn, mask=m_bn, other=0.0).to(DT)
+                b_ut = b_u_next
+                b_u_next = tl.load(u + o_p + o_bn, mask=m_bn, other=0.0).to(DT)
                 b_g = b_g + b_gz * surrogate_grad(b_ut - b_vth, alpha, KIND)
             b_g = (b_g + (1.0 - b_zt) * b_lv) * b_free
         else:
@@ -206,17 +240,30 @@ def _compute_dtype(dtype):
 
 
 def _blocks(B, N, recurrent):
-    """(BB, BN, BK, num_warps). Recurrent: one program owns a batch tile and all N (tl.dot needs
-    tiles >= 16). Feed-forward: independent neurons, tiles sized for occupancy on a GPU and as wide
-    as possible in the interpreter, whose cost grows with the number of programs."""
+    """(BB, BN, BK, num_warps), or None to autotune. Recurrent: one program owns a batch tile and
+    all N (tl.dot needs tiles >= 16). Feed-forward: independent neurons; on a GPU the tile is
+    autotuned per (B, N) over FF_CONFIGS (occupancy against latency hiding), in the interpreter it
+    is as wide as possible, since the interpreter's cost grows with the number of programs."""
     if recurrent:
         bn = max(16, utils.next_pow2(N))
         bk = max(16, min(bn, 8192 // bn))
         return 16, bn, bk, 4 if bn <= 128 else (8 if bn <= 512 else 16)
+    if not utils.interpreting():
+        return None
     bn = min(utils.next_pow2(N), 128)
-    elems = 1 << 14 if utils.interpreting() else 512
-    bb = min(utils.next_pow2(B), max(1, elems // bn))
+    bb = min(utils.next_pow2(B), max(1, (1 << 14) // bn))
     return bb, bn, 16, 4
+
+
+# feed-forward tiles tried on a GPU: (BB, BN, num_warps), from 128 to 1024 elements per program
+FF_CONFIGS = ((1, 128, 1), (2, 128, 2), (4, 128, 4), (8, 128, 4), (4, 256, 8))
+
+
+def _autotuned(kernel, key):
+    configs = [triton.Config({"BB": bb, "BN": bn, "BK": 16}, num_warps=w, num_stages=_stages(False))
+               for bb, bn, w in FF_CONFIGS]
+    # the kernels only store (no accumulation into outputs), so re-running a config is harmless
+    return triton.autotune(configs, key=["B", "N", *key])(kernel)
 
 
 def _dot_precision(dtype):
@@ -246,18 +293,28 @@ def cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_no
     # W^T so that tiles of z[t-1] @ W^T read contiguous rows
     w_exc_t = w_exc.t().contiguous() if recurrent else par
     w_inh_t = w_inh.t().contiguous() if recurrent else par
-    bb, bn, bk, warps = _blocks(B, N, recurrent)
-    cuba_lif_fwd_kernel[_grid(B, N, bb, bn)](
-        x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps, offset, w_exc_t, w_inh_t,
-        z, u, free if spiking else z,
-        seed, membrane_noise_lsb / unit_lsb, readout_noise_lsb, unit_lsb, zero_lsb, 1.0 / unit_lsb,
-        T, B, N,
-        HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking, QUANTISE=quantise,
-        MEM_NOISE=membrane_noise_lsb > 0, READ_NOISE=readout_noise_lsb > 0,
-        BB=bb, BN=bn, BK=bk, PRECISION=_dot_precision(dt), num_warps=warps,
-        num_stages=_stages(recurrent), enable_fp_fusion=False,
-    )
+    _launch(cuba_lif_fwd_kernel, B, N, recurrent,
+            (x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps, offset, w_exc_t,
+             w_inh_t, z, u, free if spiking else z,
+             seed, membrane_noise_lsb / unit_lsb, readout_noise_lsb, unit_lsb, zero_lsb,
+             1.0 / unit_lsb, T, B, N),
+            dict(HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking, QUANTISE=quantise,
+                 MEM_NOISE=membrane_noise_lsb > 0, READ_NOISE=readout_noise_lsb > 0,
+                 PRECISION=_dot_precision(dt)))
     return z, u, free
+
+
+def _launch(kernel, B, N, recurrent, args, constexprs):
+    """Launch with the tile of _blocks, or through the kernel's autotuner when it says None."""
+    blocks = _blocks(B, N, recurrent)
+    if blocks is None:
+        tuned = _TUNED[kernel]
+        grid = lambda meta: _grid(B, N, meta["BB"], meta["BN"])
+        tuned[grid](*args, **constexprs, enable_fp_fusion=False)
+        return
+    bb, bn, bk, warps = blocks
+    kernel[_grid(B, N, bb, bn)](*args, **constexprs, BB=bb, BN=bn, BK=bk, num_warps=warps,
+                                num_stages=_stages(recurrent), enable_fp_fusion=False)
 
 
 def cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
@@ -268,18 +325,18 @@ def cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
         w = w.to(dt).contiguous()
     g_exc = utils.alloc((T, B, N), dt, u.device)
     g_inh = utils.alloc((T, B, N) if has_inh else (0,), dt, u.device)
-    bb, bn, bk, warps = _blocks(B, N, recurrent)
-    cuba_lif_bwd_kernel[_grid(B, N, bb, bn)](
-        g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
-        free if spiking else z, nom, w if recurrent else nom,
-        g_exc, g_inh if has_inh else g_exc,
-        alpha, T, B, N,
-        HAS_GZ=g_z is not None and spiking, HAS_GU=g_u is not None, HAS_INH=has_inh,
-        HAS_REC=recurrent, SPIKING=spiking, KIND=KINDS.index(kind),
-        BB=bb, BN=bn, BK=bk, PRECISION=_dot_precision(dt), num_warps=warps,
-        num_stages=_stages(recurrent), enable_fp_fusion=False,
-    )
+    _launch(cuba_lif_bwd_kernel, B, N, recurrent,
+            (g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
+             free if spiking else z, nom, w if recurrent else nom,
+             g_exc, g_inh if has_inh else g_exc, alpha, T, B, N),
+            dict(HAS_GZ=g_z is not None and spiking, HAS_GU=g_u is not None, HAS_INH=has_inh,
+                 HAS_REC=recurrent, SPIKING=spiking, KIND=KINDS.index(kind),
+                 PRECISION=_dot_precision(dt)))
     return g_exc, g_inh
+
+
+_TUNED = {cuba_lif_fwd_kernel: _autotuned(cuba_lif_fwd_kernel, ["SPIKING", "HAS_INH", "MEM_NOISE"]),
+          cuba_lif_bwd_kernel: _autotuned(cuba_lif_bwd_kernel, ["SPIKING", "HAS_INH", "HAS_GZ"])}
 
 
 @torch.library.custom_op("bss2::cuba_lif_fwd", mutates_args=())
@@ -354,6 +411,32 @@ def _recurrent_weight_grad(g_exc, g_inh, z, w_rec):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _PackCache:
+    """Packed parameter tensors per LIFParams, reused while its tensors are the same objects, not
+    modified in place (tensor._version) and the dtype matches: a chip's parameters are packed once,
+    not on every call (each pack is a stack and several copies on the device)."""
+
+    def __init__(self, pack):
+        self.pack, self.entries = pack, {}
+
+    def __call__(self, params, dtype):
+        if torch.compiler.is_compiling():
+            return self.pack(params, dtype)
+        # keyed by the first tensor's id (tensors compare elementwise, so they cannot be dict
+        # keys); the entry is dropped when that tensor dies, and it holds the other tensors, so no
+        # id in sig can be reused while it lives
+        key = id(params[0])
+        sig = (dtype, tuple(id(t) for t in params), tuple(t._version for t in params))
+        hit = self.entries.get(key)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        packed = self.pack(params, dtype)
+        if hit is None:
+            weakref.finalize(params[0], self.entries.pop, key, None)
+        self.entries[key] = (sig, packed, tuple(params[1:]))
+        return packed
+
+
 def pack_params(params, dtype):
     """LIFParams -> ([6, N] float, [N] int32) in the order the forward kernel reads."""
     par = torch.stack([getattr(params, f).to(dtype) for f in PARAM_ROWS]).contiguous()
@@ -362,6 +445,10 @@ def pack_params(params, dtype):
 
 def pack_nominal(nominal, dtype):
     return torch.stack([getattr(nominal, f).to(dtype) for f in NOMINAL_ROWS]).contiguous()
+
+
+_packed_params = _PackCache(pack_params)
+_packed_nominal = _PackCache(pack_nominal)
 
 
 def fused_cuba_lif(x_exc, x_inh, params, nominal, readout, recurrence=None, membrane_noise_lsb=0.0,
@@ -385,8 +472,8 @@ def fused_cuba_lif(x_exc, x_inh, params, nominal, readout, recurrence=None, memb
         inputs). Differentiable w.r.t. x_exc, x_inh and recurrence.weight (in-the-loop rule).
     """
     dt = _compute_dtype(x_exc.dtype)
-    par, ref = pack_params(params, dt)
-    nom = pack_nominal(nominal, dt)
+    par, ref = _packed_params(params, dt)
+    nom = _packed_nominal(nominal, dt)
     w_rec = w_exc = w_inh = None
     if recurrence is not None:
         w_rec = recurrence.weight

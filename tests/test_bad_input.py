@@ -75,3 +75,44 @@ def test_replacing_a_layer_with_another_shape_is_refused():
     chip.place("h", 10, 4)
     with pytest.raises(ValueError, match="already placed with n_in=10, n_out=4"):
         chip.place("h", 10, 5)
+
+
+def test_value_checks_policy_and_a_hot_path_without_host_reads():
+    """Value checks (NaN, ranges) run on CPU tensors by default; on a GPU they would stall the
+    device on every call, so the chip layers' hot path must read nothing back when they are off."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bss2_backend import Chip, LIFLayer, LILayer
+    from bss2_backend.validation import check_tensor, check_values, checks_values
+    assert checks_values(torch.zeros(1)) and not checks_values(torch.zeros(1, device="meta"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_tensor("x", torch.tensor([float("nan")]))
+    previous = check_values(False)
+    try:
+        check_tensor("x", torch.tensor([float("nan")]))         # off: not looked at
+        for chip in (Chip.ideal(), Chip(seed=0)):
+            # backend "triton": the path a GPU runs (here in the interpreter)
+            hidden = LIFLayer(chip, 12, 8, recurrent=True, backend="triton")
+            out = LILayer(chip, 8, 3, backend="triton")
+            x = (torch.rand(6, 2, 12) < 0.3).float()
+            out(hidden(x)[0]).sum().backward()      # the first call decides per-layer facts
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                out(hidden(x)[0]).sum().backward()
+            reads = [e.key for e in prof.key_averages()
+                     if e.key in ("aten::item", "aten::_local_scalar_dense", "aten::is_nonzero",
+                                  "aten::equal")]
+            assert not reads, reads
+    finally:
+        check_values(previous)
+    with pytest.raises(TypeError, match="enabled"):
+        check_values("yes")
+
+
+def test_signed_chip_weight_is_exc_minus_inh_bit_for_bit():
+    from bss2_backend.weights import chip_weights, signed_chip_weight
+    w = torch.randn(7, 9) * 0.3
+    w[0, :3] = torch.tensor([0.5, -0.5, 1.5]) / 48.0        # ties of the 6-bit rounding
+    ge, gi = 1 + 0.1 * torch.randn(7, 9), 1 + 0.1 * torch.randn(7, 9)
+    for quantise in (True, False):
+        exc, inh = chip_weights(w, ge, gi, 48.0, quantise)
+        assert torch.equal(signed_chip_weight(w, ge, gi, 48.0, quantise), exc - inh)

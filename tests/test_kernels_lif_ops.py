@@ -192,7 +192,8 @@ def test_kernels_compile_for_sm90_within_shared_memory():
         bwd = {"g_z": f, "g_u": f, "z": f, "u": f, "free": "*u8", "nom": f, "w": f, "g_exc": f,
                "g_inh": f, "alpha": "fp32", "T": "i32", "B": "i32", "N": "i32"}
         for n, recurrent in ((246, False), (1024, True)):
-            bb, bn, bk, warps = k._blocks(256, n, recurrent)
+            # feed-forward tiles are autotuned on a GPU: the largest config is the one to check
+            bb, bn, bk, warps = k._blocks(256, n, True) if recurrent else (*k.FF_CONFIGS[-1][:2], 16, k.FF_CONFIGS[-1][2])
             blocks = dict(BB=bb, BN=bn, BK=bk, PRECISION="tf32x3")
             build(k.cuba_lif_fwd_kernel, fwd, dict(HAS_INH=True, HAS_REC=recurrent, SPIKING=True,
                   QUANTISE=True, MEM_NOISE=True, READ_NOISE=True, **blocks), recurrent, warps)
@@ -204,3 +205,15 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     if r.returncode != 0 and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("no ptxas for the sm_90 target on this machine")
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+def test_packed_parameters_are_reused_until_modified():
+    p = params(5)
+    a = kcl._packed_params(p, torch.float32)
+    assert kcl._packed_params(p, torch.float32) is a
+    assert kcl._packed_params(p, torch.float64) is not a
+    p.v_th.add_(0.5)                       # an in-place change must not be served stale
+    b = kcl._packed_params(p, torch.float32)
+    assert b is not a and torch.equal(b[0][2], p.v_th)
+    q = p._replace(a_mem=p.a_mem.clone())  # another tensor in one field: packed anew
+    assert kcl._packed_params(q, torch.float32) is not b

@@ -16,8 +16,10 @@ from bss2_backend.train.config import TrainConfig
 from bss2_backend.train.loop import evaluate, fit
 
 # tiny but real: digits subset, short window
+# these tests are about the CLI (outputs, resume, DDP over gloo), so they run on the CPU also where
+# a GPU is present
 TINY = ["--limit-train", "96", "--limit-test", "48", "--steps", "20", "--batch-size", "32",
-        "--no-progress"]
+        "--no-progress", "--device", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
 
 

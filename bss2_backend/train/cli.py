@@ -149,7 +149,11 @@ def _start_distributed(device):
         return device
     import torch.distributed as dist
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if rank >= count:
+            raise UserError(f"torchrun started local rank {rank} but this machine has {count} CUDA "
+                            f"device(s): use --nproc_per_node <= {count}, or --device cpu (gloo)")
+        device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
