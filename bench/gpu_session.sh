@@ -13,6 +13,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 T_TESTS=${T_TESTS:-200} T_PROFILE=${T_PROFILE:-90} T_BENCH=${T_BENCH:-300}
+# BENCH_WORKLOADS: names of bench/registry.py (default: all), BENCH_ARGS: more bss2 bench flags
 BENCH_ARGS=${BENCH_ARGS:-}
 step() { echo "== $* ($(date +%T))"; }
 
@@ -41,10 +42,18 @@ for s in "${steps[@]}"; do
             --iters 20 --rows 30 > "$OUT/profile.log" 2>&1
         tail -12 "$OUT/profile.log" ;;
     bench)
+        # one process per workload, each appending its rows to $OUT/results.csv, so that a time
+        # limit loses only the workloads it cuts off; the whole step stops after T_BENCH seconds
         step bench
-        # shellcheck disable=SC2086
-        timeout "$T_BENCH" $PY -m bss2_backend.bench --out "$OUT" $BENCH_ARGS 2>&1 \
-            | tee "$OUT/bench.log" | tail -60 ;;
+        end=$((SECONDS + T_BENCH))
+        for w in ${BENCH_WORKLOADS:-A B A-fp B-large C-4096 C-8192 C-16384}; do
+            left=$((end - SECONDS))
+            [ $left -le 10 ] && { echo "bench: no time left for $w"; continue; }
+            # shellcheck disable=SC2086
+            timeout "$left" $PY -m bss2_backend.bench --out "$OUT" --workloads "$w" $BENCH_ARGS \
+                >> "$OUT/bench.log" 2>&1 || echo "bench $w: exit $?"
+        done
+        grep -E "^(A|B|C|A-fp|B-large|C-[0-9]+) " "$OUT/bench.log" | grep -v "^  " ;;
     *) echo "unknown step $s (tests | profile | bench)"; exit 2 ;;
     esac
 done
