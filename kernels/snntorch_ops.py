@@ -33,8 +33,7 @@ def _none_if_empty(t):
     return None if t is None or t.numel() == 0 and t.dim() == 1 else t
 
 
-@torch.library.custom_op("bss2::snntorch_neuron_fwd", mutates_args=())
-def _fwd_op(x: Tensor, u0: Tensor, i0: Optional[Tensor], s0: Optional[Tensor], beta: Tensor,
+def _fwd_impl(x: Tensor, u0: Tensor, i0: Optional[Tensor], s0: Optional[Tensor], beta: Tensor,
             alpha: Optional[Tensor], theta: Tensor, g: Tensor, r: Optional[Tensor],
             v: Optional[Tensor], w: Optional[Tensor], bias: Optional[Tensor], flags: List[int],
             surrogate_param: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -42,6 +41,9 @@ def _fwd_op(x: Tensor, u0: Tensor, i0: Optional[Tensor], s0: Optional[Tensor], b
     spk, syn, mem, pre = _impl(backend).neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v,
                                                    w, bias)
     return spk, x.new_empty(0) if syn is None else syn, mem, x.new_empty(0) if pre is None else pre
+
+
+_fwd_op = torch.library.custom_op("bss2::snntorch_neuron_fwd", mutates_args=())(_fwd_impl)
 
 
 @_fwd_op.register_fake
@@ -52,8 +54,7 @@ def _(x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias, flags, surrogate_para
             full(), x.new_empty(0) if spec.delay else full())
 
 
-@torch.library.custom_op("bss2::snntorch_neuron_bwd", mutates_args=())
-def _bwd_op(g_spk: Optional[Tensor], g_syn: Optional[Tensor], g_mem: Optional[Tensor], spk: Tensor,
+def _bwd_impl(g_spk: Optional[Tensor], g_syn: Optional[Tensor], g_mem: Optional[Tensor], spk: Tensor,
             syn: Tensor, mem: Tensor, pre: Tensor, u0: Tensor, i0: Optional[Tensor],
             s0: Optional[Tensor], beta: Tensor, alpha: Optional[Tensor], theta: Tensor, g: Tensor,
             v: Optional[Tensor], w: Optional[Tensor], need: List[bool], flags: List[int],
@@ -63,6 +64,9 @@ def _bwd_op(g_spk: Optional[Tensor], g_syn: Optional[Tensor], g_mem: Optional[Te
                                     g_mem, spk, _none_if_empty(syn), mem, _none_if_empty(pre), u0,
                                     i0, s0, beta, alpha, theta, g, v, w, tuple(need))
     return [mem.new_empty(0) if t is None else t for t in out]
+
+
+_bwd_op = torch.library.custom_op("bss2::snntorch_neuron_bwd", mutates_args=())(_bwd_impl)
 
 
 @_bwd_op.register_fake
@@ -79,6 +83,7 @@ def _setup_context(ctx, inputs, output):
     x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias, flags, surrogate_param, backend = inputs
     spk, syn, mem, pre = output
     ctx.flags, ctx.surrogate_param, ctx.backend = flags, surrogate_param, backend
+    ctx.bwd = _bwd_op
     ctx.save_for_backward(spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w)
 
 
@@ -86,7 +91,7 @@ def _backward(ctx, g_spk, g_syn, g_mem, g_pre):
     spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w = ctx.saved_tensors
     spec = _spec(ctx.flags, ctx.surrogate_param)
     need = [bool(ctx.needs_input_grad[i]) for i in (4, 5, 6, 7)]
-    out = _bwd_op(g_spk, g_syn if spec.synaptic else None, g_mem, spk, syn, mem, pre, u0, i0, s0,
+    out = ctx.bwd(g_spk, g_syn if spec.synaptic else None, g_mem, spk, syn, mem, pre, u0, i0, s0,
                   beta, alpha, theta, g, v, w, need, ctx.flags, ctx.surrogate_param, ctx.backend)
     g_x, g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta, g_g = (_none_if_empty(t) for t in out)
     g_r = g_v = g_w = g_bias = None
@@ -106,6 +111,22 @@ def _backward(ctx, g_spk, g_syn, g_mem, g_pre):
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerNeuron(torch.autograd.Function):
+    """The same forward and backward as the custom ops, without the custom-op dispatcher, whose
+    host time per call outweighs the kernels' outside torch.compile (it runs under compile)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.bwd = _bwd_impl
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
 
 
 def _step_param(name, p, step_shape, like):
@@ -167,6 +188,7 @@ def snntorch_neuron(spec, x, u0, i0=None, s0=None, *, beta, alpha=None, theta, g
         s0 = s0.to(x.dtype)
     flags = [int(spec.synaptic), spec.rec, spec.reset, int(spec.zero_before_decay), int(spec.delay),
              spec.late_reset, spec.surrogate]
-    spk, syn, mem, _ = _fwd_op(x, u0, i0, s0, *params, r, v, w, bias, flags,
-                               float(spec.surrogate_param), backend)
+    op = _fwd_op if torch.compiler.is_compiling() else _EagerNeuron.apply
+    spk, syn, mem, _ = op(x, u0, i0, s0, *params, r, v, w, bias, flags,
+                          float(spec.surrogate_param), backend)
     return spk, syn if spec.synaptic else None, mem

@@ -90,11 +90,12 @@ def test_value_checks_policy_and_a_hot_path_without_host_reads():
     previous = check_values(False)
     try:
         check_tensor("x", torch.tensor([float("nan")]))         # off: not looked at
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         for chip in (Chip.ideal(), Chip(seed=0)):
-            # backend "triton": the path a GPU runs (here in the interpreter)
-            hidden = LIFLayer(chip, 12, 8, recurrent=True, backend="triton")
-            out = LILayer(chip, 8, 3, backend="triton")
-            x = (torch.rand(6, 2, 12) < 0.3).float()
+            # backend "triton": the path a GPU runs (without one, in the interpreter)
+            hidden = LIFLayer(chip, 12, 8, recurrent=True, backend="triton").to(device)
+            out = LILayer(chip, 8, 3, backend="triton").to(device)
+            x = (torch.rand(6, 2, 12, device=device) < 0.3).float()
             out(hidden(x)[0]).sum().backward()      # the first call decides per-layer facts
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 out(hidden(x)[0]).sum().backward()

@@ -136,7 +136,9 @@ def test_ddp_two_gloo_ranks_match_one_process(tmp_path):
                           "--master_port=29517", "-m", "bss2_backend", *common,
                           "--out", str(tmp_path / "ddp")],
                          capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    # the launcher's summary hides the rank's own error: show the lines that name it first
+    named = [line for line in ddp.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert ddp.returncode == 0, "\n".join(named[:20]) + "\n...\n" + ddp.stderr[-1500:]
     result = json.loads(ddp.stdout.strip().splitlines()[-1])
     assert result["world_size"] == 2
     assert main([*common, "--out", str(tmp_path / "single")]) == 0
