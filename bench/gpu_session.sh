@@ -46,6 +46,7 @@ for s in "${steps[@]}"; do
         # limit loses only the workloads it cuts off; the whole step stops after T_BENCH seconds
         step bench
         end=$((SECONDS + T_BENCH))
+        export BSS2_RUN_ID=${BSS2_RUN_ID:-$(date -u +%Y%m%dT%H%M%SZ)}
         for w in ${BENCH_WORKLOADS:-A B A-fp B-large C-4096 C-8192 C-16384}; do
             left=$((end - SECONDS))
             [ $left -le 10 ] && { echo "bench: no time left for $w"; continue; }

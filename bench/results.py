@@ -90,12 +90,14 @@ def plot_latest(csv_path, png_path):
         ax.set_ylabel("median time per call (ms, log)")
         ax.set_title(f"{mode}")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    # one legend under the panels, where it hides no bar
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(impls), 7), fontsize=8)
     first = rows[0]
     tiny = " [TINY smoke-test shapes]" if first["size"] == "tiny" else ""
     fig.suptitle(f"bss2 bench {latest}{tiny}: {first['device']}, torch {first['torch']}, "
                  f"commit {first['git_commit']}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=120)

@@ -60,8 +60,9 @@ def environment():
                                 capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    # a copy of the tree without .git (a lent GPU machine) names its commit in BSS2_GIT_COMMIT
-    commit = commit or os.environ.get("BSS2_GIT_COMMIT", "")
+    # a copy of the tree on a lent GPU machine names its commit in BSS2_GIT_COMMIT, which wins:
+    # such a copy may carry a stale .git (seen: the session's first HEAD, not the tree's commit)
+    commit = os.environ.get("BSS2_GIT_COMMIT", "") or commit
     try:
         import triton
         triton_version = triton.__version__
@@ -73,7 +74,8 @@ def environment():
     except ImportError:
         snn_version = "absent"
     now = datetime.datetime.now(datetime.timezone.utc)
-    return {"run_id": now.strftime("%Y%m%dT%H%M%SZ"), "date": now.isoformat(timespec="seconds"),
+    # BSS2_RUN_ID groups several processes (one per workload) into one run for the plot
+    return {"run_id": os.environ.get("BSS2_RUN_ID") or now.strftime("%Y%m%dT%H%M%SZ"), "date": now.isoformat(timespec="seconds"),
             "git_commit": commit or "unknown", "torch": torch.__version__,
             "triton": triton_version, "snntorch": snn_version,
             "bss2_backend": bss2_backend.__version__}
