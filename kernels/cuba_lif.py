@@ -383,11 +383,12 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (spiking, kind, alpha)
 
 
-def _backward(ctx, g_z, g_u, _g_free):
+def _backward(ctx, g_z, g_u, _g_free=None, bwd=None):
+    """Input gradients of the forward op; bwd runs the reverse sweep (default: the custom op)."""
     z, u, free, nom, w_rec = ctx.saved_tensors
     spiking, kind, alpha = ctx.config
-    g_exc, g_inh = _bwd_op(g_z if spiking else None, g_u, z, u, free, nom, w_rec, ctx.has_inh,
-                           spiking, kind, alpha)
+    g_exc, g_inh = (bwd or _bwd_op)(g_z if spiking else None, g_u, z, u, free, nom, w_rec,
+                                    ctx.has_inh, spiking, kind, alpha)
     g_w = None
     if w_rec is not None:
         g_w = _recurrent_weight_grad(g_exc, g_inh, z, w_rec)
@@ -502,27 +503,21 @@ class _EagerLIF(torch.autograd.Function):
     def forward(ctx, x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh,
                 membrane_noise_lsb, readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed,
                 spiking, kind, alpha):
-        z, u, free = cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh,
-                                  membrane_noise_lsb, readout_noise_lsb, quantise, unit_lsb,
-                                  zero_lsb, seed, spiking)
-        ctx.save_for_backward(z, u, free, nom, w_rec)
-        ctx.dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
-        ctx.has_inh = x_inh is not None or w_rec is not None
-        ctx.config = (spiking, kind, alpha)
+        output = cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh,
+                              membrane_noise_lsb, readout_noise_lsb, quantise, unit_lsb, zero_lsb,
+                              seed, spiking)
+        _setup_context(ctx, (x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh,
+                             spiking, kind, alpha), output)
         ctx.set_materialize_grads(False)
-        return z, u
+        return output[:2]
 
     @staticmethod
     def backward(ctx, g_z, g_u):
-        z, u, free, nom, w_rec = ctx.saved_tensors
-        spiking, kind, alpha = ctx.config
-        g_z = g_z.contiguous() if g_z is not None and spiking else None
-        g_u = g_u.contiguous() if g_u is not None else None
-        if g_z is None and g_u is None:
+        if (g_z is None or not ctx.config[0]) and g_u is None:
             return (None,) * 18
-        g_exc, g_inh = cuba_lif_bwd(g_z, g_u, z, u, free, nom, w_rec, ctx.has_inh, spiking,
-                                    kind, alpha)
-        g_w = _recurrent_weight_grad(g_exc, g_inh, z, w_rec) if w_rec is not None else None
-        g_x_inh = g_inh.to(ctx.dtypes[1]) if ctx.dtypes[1] is not None else None
-        return (g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None,
-                None, None, None, None, None, None, None, None, None)
+        return _backward(ctx, g_z, g_u, bwd=_eager_bwd)
+
+
+def _eager_bwd(g_z, g_u, *args):
+    return cuba_lif_bwd(None if g_z is None else g_z.contiguous(),
+                        None if g_u is None else g_u.contiguous(), *args)
