@@ -16,7 +16,7 @@ from torch import nn
 
 from .dynamics import Recurrence, cuba_lif, li
 from .validation import check_tensor
-from .weights import nominal_weight, signed_chip_weight, synapses, weight_path
+from .weights import signed_weight_path, synapses, weight_path
 
 
 class _ChipLayer(nn.Module):
@@ -45,25 +45,16 @@ class _ChipLayer(nn.Module):
     def _chip_inputs(self):
         return self.in_features
 
-    def _weights(self, weight, columns):
-        """Nominal weight the gradient sees, and the chip's effective (exc, inh) weights."""
+    def _weights(self, weight, columns, signed=False):
+        """(nominal weight the gradient sees, the chip's effective exc and inh weights, or their
+        difference exc - inh when signed, LayerParams)."""
         check_tensor(f"{self.name}.weight", weight, ndim=2)
         chip = self.chip
         lp = chip.layer_params(self.placement, weight.device, weight.dtype)
-        return (*weight_path(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
-                             chip.weight_scale, chip.quantise), lp)
-
-    def _signed_weights(self, weight, columns):
-        """Nominal weight, the chip's signed effective weight exc - inh, and the LayerParams. An
-        unquantised chip without synapse gain spread (the ideal chip) realises the weight itself."""
-        check_tensor(f"{self.name}.weight", weight, ndim=2)
-        chip = self.chip
-        lp = chip.layer_params(self.placement, weight.device, weight.dtype)
-        if not chip.quantise and chip.unit_gains(self.placement):
-            return weight, weight.detach(), lp
-        signed = signed_chip_weight(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
-                                    chip.weight_scale, chip.quantise)
-        return nominal_weight(weight, chip.weight_scale, chip.quantise), signed, lp
+        gains = (lp.gain_exc[:, columns], lp.gain_inh[:, columns], chip.weight_scale, chip.quantise)
+        if signed:
+            return (*signed_weight_path(weight, *gains, chip.unit_gains(self.placement)), lp)
+        return (*weight_path(weight, *gains), lp)
 
     def _input_currents(self, spikes):
         check_tensor("spikes", spikes, ndim=3)
@@ -73,7 +64,7 @@ class _ChipLayer(nn.Module):
         alike, nominal_alike = self.chip.synapse_decays(self.placement)
         if alike and self.chip.saturation is None:
             # one signed current, since only exc - inh matters: one GEMM and the fewest device ops
-            w, signed, lp = self._signed_weights(self.weight, slice(0, self.in_features))
+            w, signed, lp = self._weights(self.weight, slice(0, self.in_features), signed=True)
             x, _ = synapses(spikes, w, signed)
             return x, None, lp
         w, exc, inh, lp = self._weights(self.weight, slice(0, self.in_features))

@@ -151,6 +151,17 @@ def signed_chip_weight(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE,
         return w * torch.where(w >= 0, gain_exc, gain_inh)
 
 
+def signed_weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True,
+                       unit_gains=False):
+    """(nominal, exc - inh): weight_path for a layer whose exc and inh synapses decay alike, where
+    only the difference matters. unit_gains promises every gain is exactly 1 (decided once by the
+    caller, e.g. Chip.unit_gains): then an unquantised chip realises the weight itself."""
+    if unit_gains and not quantise:
+        return weight, weight.detach()
+    return (nominal_weight(weight, scale, quantise),
+            signed_chip_weight(weight, gain_exc, gain_inh, scale, quantise))
+
+
 def weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
     """(nominal, exc, inh) of a placed layer: the float weight the gradient sees, clamped where
     the chip clips (so its gradient is zero there, as the chip's), and the chip's effective

@@ -39,6 +39,16 @@ def surrogate_grad(x, alpha, KIND: tl.constexpr):
 
 
 @triton.jit
+def _tile(B, N, BB: tl.constexpr, BN: tl.constexpr):
+    """This program's batch rows and neurons, their masks, and the [BB, BN] offsets inside one
+    [B, N] time slice (the slice start is int64 in the callers: T*B*N may pass 2^31)."""
+    o_b = tl.program_id(1) * BB + tl.arange(0, BB)
+    o_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    m_b, m_n = o_b < B, o_n < N
+    return o_b, o_n, m_b, m_n, m_b[:, None] & m_n[None, :], o_b[:, None] * N + o_n[None, :]
+
+
+@triton.jit
 def cuba_lif_fwd_kernel(
     x_exc, x_inh, par, ref_steps, offset, w_exc_t, w_inh_t,
     z, u, free,
@@ -48,13 +58,7 @@ def cuba_lif_fwd_kernel(
     QUANTISE: tl.constexpr, MEM_NOISE: tl.constexpr, READ_NOISE: tl.constexpr,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i_n, i_b = tl.program_id(0), tl.program_id(1)
-    o_b = i_b * BB + tl.arange(0, BB)
-    o_n = i_n * BN + tl.arange(0, BN)
-    m_b, m_n = o_b < B, o_n < N
-    m_bn = m_b[:, None] & m_n[None, :]
-    # [BB, BN] offsets inside one [B, N] time slice; the slice start is int64 (T*B*N may pass 2^31)
-    o_bn = o_b[:, None] * N + o_n[None, :]
+    o_b, o_n, m_b, m_n, m_bn, o_bn = _tile(B, N, BB, BN)
     DT = par.dtype.element_ty
 
     b_vleak = tl.load(par + o_n, mask=m_n, other=0.0)[None, :]
@@ -150,12 +154,7 @@ def cuba_lif_bwd_kernel(
     SPIKING: tl.constexpr, KIND: tl.constexpr,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i_n, i_b = tl.program_id(0), tl.program_id(1)
-    o_b = i_b * BB + tl.arange(0, BB)
-    o_n = i_n * BN + tl.arange(0, BN)
-    m_b, m_n = o_b < B, o_n < N
-    m_bn = m_b[:, None] & m_n[None, :]
-    o_bn = o_b[:, None] * N + o_n[None, :]
+    o_b, o_n, m_b, m_n, m_bn, o_bn = _tile(B, N, BB, BN)
     DT = nom.dtype.element_ty
 
     b_vth = tl.load(nom + o_n, mask=m_n, other=0.0)[None, :]
@@ -339,8 +338,7 @@ _TUNED = {cuba_lif_fwd_kernel: _autotuned(cuba_lif_fwd_kernel, ["SPIKING", "HAS_
           cuba_lif_bwd_kernel: _autotuned(cuba_lif_bwd_kernel, ["SPIKING", "HAS_INH", "HAS_GZ"])}
 
 
-@torch.library.custom_op("bss2::cuba_lif_fwd", mutates_args=())
-def _fwd_op(x_exc: torch.Tensor, x_inh: Optional[torch.Tensor], par: torch.Tensor,
+def _fwd_impl(x_exc: torch.Tensor, x_inh: Optional[torch.Tensor], par: torch.Tensor,
             ref_steps: torch.Tensor, offset: torch.Tensor, nom: torch.Tensor,
             w_rec: Optional[torch.Tensor], w_exc: Optional[torch.Tensor],
             w_inh: Optional[torch.Tensor], membrane_noise_lsb: float, readout_noise_lsb: float,
@@ -348,6 +346,9 @@ def _fwd_op(x_exc: torch.Tensor, x_inh: Optional[torch.Tensor], par: torch.Tenso
             kind: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_noise_lsb,
                         readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking)
+
+
+_fwd_op = torch.library.custom_op("bss2::cuba_lif_fwd", mutates_args=())(_fwd_impl)
 
 
 @_fwd_op.register_fake
@@ -358,14 +359,16 @@ def _(x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh, membrane_n
     return x_exc.new_empty(shape, dtype=par.dtype), x_exc.new_empty(shape, dtype=par.dtype), free
 
 
-@torch.library.custom_op("bss2::cuba_lif_bwd", mutates_args=())
-def _bwd_op(g_z: Optional[torch.Tensor], g_u: Optional[torch.Tensor], z: torch.Tensor,
+def _bwd_impl(g_z: Optional[torch.Tensor], g_u: Optional[torch.Tensor], z: torch.Tensor,
             u: torch.Tensor, free: torch.Tensor, nom: torch.Tensor, w: Optional[torch.Tensor],
             has_inh: bool, spiking: bool, kind: str, alpha: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
     g_z = None if g_z is None else g_z.contiguous()
     g_u = None if g_u is None else g_u.contiguous()
     return cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha)
+
+
+_bwd_op = torch.library.custom_op("bss2::cuba_lif_bwd", mutates_args=())(_bwd_impl)
 
 
 @_bwd_op.register_fake
@@ -381,14 +384,14 @@ def _setup_context(ctx, inputs, output):
     ctx.dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
     ctx.has_inh = x_inh is not None or w_rec is not None
     ctx.config = (spiking, kind, alpha)
+    ctx.bwd = _bwd_op
 
 
-def _backward(ctx, g_z, g_u, _g_free=None, bwd=None):
-    """Input gradients of the forward op; bwd runs the reverse sweep (default: the custom op)."""
+def _backward(ctx, g_z, g_u, _g_free=None):
     z, u, free, nom, w_rec = ctx.saved_tensors
     spiking, kind, alpha = ctx.config
-    g_exc, g_inh = (bwd or _bwd_op)(g_z if spiking else None, g_u, z, u, free, nom, w_rec,
-                                    ctx.has_inh, spiking, kind, alpha)
+    g_exc, g_inh = ctx.bwd(g_z if spiking else None, g_u, z, u, free, nom, w_rec, ctx.has_inh,
+                           spiking, kind, alpha)
     g_w = None
     if w_rec is not None:
         g_w = _recurrent_weight_grad(g_exc, g_inh, z, w_rec)
@@ -495,29 +498,18 @@ def fused_cuba_lif(x_exc, x_inh, params, nominal, readout, recurrence=None, memb
 
 
 class _EagerLIF(torch.autograd.Function):
-    """The same launches as the bss2::cuba_lif_fwd/bwd custom ops, without the custom-op
-    dispatcher: outside torch.compile that machinery costs more host time per call than the
-    kernels take at the paper's sizes (measured on an H100 host: ~0.4 ms per backward)."""
+    """The same forward and backward as the bss2::cuba_lif_fwd/bwd custom ops, without the
+    custom-op dispatcher: outside torch.compile that machinery costs more host time per call than
+    the kernels take at the paper's sizes (measured on an H100 host: ~0.4 ms per backward)."""
 
     @staticmethod
-    def forward(ctx, x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh,
-                membrane_noise_lsb, readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed,
-                spiking, kind, alpha):
-        output = cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh,
-                              membrane_noise_lsb, readout_noise_lsb, quantise, unit_lsb, zero_lsb,
-                              seed, spiking)
-        _setup_context(ctx, (x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh,
-                             spiking, kind, alpha), output)
+    def forward(ctx, *inputs):
+        output = _fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.bwd = _bwd_impl
         ctx.set_materialize_grads(False)
         return output[:2]
 
     @staticmethod
     def backward(ctx, g_z, g_u):
-        if (g_z is None or not ctx.config[0]) and g_u is None:
-            return (None,) * 18
-        return _backward(ctx, g_z, g_u, bwd=_eager_bwd)
-
-
-def _eager_bwd(g_z, g_u, *args):
-    return cuba_lif_bwd(None if g_z is None else g_z.contiguous(),
-                        None if g_u is None else g_u.contiguous(), *args)
+        return _backward(ctx, g_z, g_u)

@@ -24,7 +24,7 @@ import torch
 
 from bss2_backend.chip import Chip
 from bss2_backend.dynamics import Recurrence, cuba_lif, li
-from bss2_backend.weights import nominal_weight, signed_chip_weight, synapses, weight_path
+from bss2_backend.weights import signed_weight_path, synapses, weight_path
 
 from .neurons import supported_kind
 
@@ -210,11 +210,11 @@ def run_layer(binding, linear, module, spikes):
     alike, nominal_alike = binding.synapse_decays()
     if alike and chip.saturation is None:
         # one signed current (only exc - inh matters): one GEMM, fewest device ops
-        weight = linear.weight.to(dtype) * m.weight_gain
-        signed = signed_chip_weight(weight, lp.gain_exc[:, :n_in], lp.gain_inh[:, :n_in],
-                                    chip.weight_scale, chip.quantise)
-        x_exc, x_inh = synapses(spikes, nominal_weight(weight, chip.weight_scale, chip.quantise),
-                                signed)
+        w, signed = signed_weight_path(linear.weight.to(dtype) * m.weight_gain,
+                                       lp.gain_exc[:, :n_in], lp.gain_inh[:, :n_in],
+                                       chip.weight_scale, chip.quantise,
+                                       chip.unit_gains(binding.placement))
+        x_exc, x_inh = synapses(spikes, w, signed)
     else:
         w, exc, inh = _model_weights(binding, linear.weight.to(dtype), slice(0, n_in), lp)
         x_exc, x_inh = synapses(spikes, w, exc, inh, chip.saturation, nominal_alike)
