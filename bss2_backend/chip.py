@@ -1,4 +1,5 @@
 """One emulated BrainScaleS-2 chip: drawn mismatch, temporal noise, readout, weight path, placement."""
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -7,13 +8,23 @@ from . import constants as C
 from .mismatch import Mismatch, draw_circuits, draw_rows
 from .noise import Noise, run_seed
 from .parameters import INTEGRATIONS, Calibration, CircuitParams, LIFParams
-from .placement import Allocator, Placement
+from .placement import Allocator, Placement, PlacementError
 from .readout import ReadoutParams
 from .surrogates import Surrogate, as_surrogate
 from .validation import check_choice, check_number
 from .weights import Saturation
 
 STATE_VERSION = 1
+STATE_KEYS = ("version", "config", "runs", "placements", "neurons", "synapse_rows")
+CONFIG_KEYS = ("seed", "mismatch", "noise", "strict", "quantise", "calibration", "weight_scale",
+               "saturation", "dt_us", "integration", "surrogate")
+
+
+def _rebuild(cls, fields):
+    """cls(**fields) for a saved config entry; TypeError naming the class when it is no dict."""
+    if not isinstance(fields, dict):
+        raise TypeError(f"{cls.__name__} must be saved as a dict, got {type(fields).__name__}")
+    return cls(**fields)
 
 
 # what was drawn for every neuron circuit, hardware units (float64 tensors [circuits]): the analog
@@ -83,6 +94,7 @@ class Chip:
         self.runs = 0
         self._allocator = Allocator(strict)
         self._placements = {}
+        self._owners = {}             # placement name -> weakref to the layer that claimed it
         self._circuits = None
         self._rows = None
         self._cache = {}
@@ -128,18 +140,46 @@ class Chip:
         return dict(self._placements)
 
     # --- placement -------------------------------------------------------------------------------
-    def place(self, name, n_in, n_out, circuits_per_neuron=None):
-        """Place a layer of n_out logical neurons with n_in signed inputs; idempotent per name."""
+    def place(self, name, n_in, n_out, circuits_per_neuron=None, *, owner=None):
+        """Place a layer of n_out logical neurons with n_in signed inputs under `name`.
+
+        A name is one set of circuits. `owner` (the layer object) claims the placement: placing the
+        name again returns it to the same owner, to anyone while it is unclaimed (its owner gone,
+        or a restored chip), and to owner=None (an explicit request by name); another live owner
+        gets a PlacementError, so two layers never share circuits silently."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
         if name in self._placements:
             p = self._placements[name]
-            if (p.n_in, p.n_out) != (n_in, n_out):
-                raise ValueError(f"layer {name!r} is already placed with n_in={p.n_in}, "
-                                 f"n_out={p.n_out}; got n_in={n_in}, n_out={n_out}")
+            if (p.n_in, p.n_out) != (n_in, n_out) or \
+                    circuits_per_neuron not in (None, p.circuits_per_neuron):
+                raise PlacementError(
+                    f"layer {name!r} is already placed with n_in={p.n_in}, n_out={p.n_out}, "
+                    f"circuits_per_neuron={p.circuits_per_neuron}; got n_in={n_in}, n_out={n_out}: "
+                    f"give the new layer another name")
+            holder = self._owners.get(name)
+            holder = holder() if holder is not None else None
+            if owner is not None and holder is not None and holder is not owner:
+                raise PlacementError(
+                    f"layer name {name!r} is already placed on this chip by another layer "
+                    f"({type(holder).__name__}); two layers never share circuits: give this one "
+                    f"another name, or use another Chip")
+            if owner is not None:
+                self._owners[name] = weakref.ref(owner)
             return p
         p = self._allocator.allocate(name, n_in, n_out, circuits_per_neuron)
         self._placements[name] = p
+        if owner is not None:
+            self._owners[name] = weakref.ref(owner)
         self._grow(max(max(c) for c in p.circuits) + 1, int(p.rows()[1].max()) + 1)
         return p
+
+    def free_name(self, prefix):
+        """The first name prefix0, prefix1, ... (from the number of placements on) not yet placed."""
+        i = len(self._placements)
+        while f"{prefix}{i}" in self._placements:
+            i += 1
+        return f"{prefix}{i}"
 
     def layer_params(self, placement, device=None, dtype=torch.float32):
         """LayerParams for a placed layer, cached per device and dtype."""
@@ -217,25 +257,62 @@ class Chip:
 
     @classmethod
     def from_state_dict(cls, state):
+        """The chip that state_dict() described. Everything is checked before it is used: a damaged
+        or foreign state raises ValueError/TypeError (a PlacementError for placements the chip
+        cannot hold) naming the field; the drawn circuits and rows must be what the seed draws."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a bss2_backend chip state (expected version {STATE_VERSION})")
-        cfg = dict(state["config"])
-        chip = cls(seed=cfg["seed"], mismatch=Mismatch(**cfg["mismatch"]), noise=Noise(**cfg["noise"]),
-                   strict=cfg["strict"], quantise=cfg["quantise"],
-                   calibration=Calibration(**cfg["calibration"]), weight_scale=cfg["weight_scale"],
-                   saturation=None if cfg["saturation"] is None else Saturation(**cfg["saturation"]),
-                   dt_us=cfg["dt_us"], integration=cfg["integration"],
-                   surrogate=Surrogate(**cfg["surrogate"]))
+            got = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not a bss2_backend chip state (expected a dict with version "
+                             f"{STATE_VERSION}, got {got!r})")
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"chip state is missing {missing}")
+        cfg = state["config"]
+        if not isinstance(cfg, dict):
+            raise TypeError(f"chip state: config must be a dict, got {type(cfg).__name__}")
+        missing = [k for k in CONFIG_KEYS if k not in cfg]
+        if missing:
+            raise ValueError(f"chip state: config is missing {missing}")
+        try:
+            chip = cls(seed=cfg["seed"], mismatch=_rebuild(Mismatch, cfg["mismatch"]),
+                       noise=_rebuild(Noise, cfg["noise"]), strict=cfg["strict"],
+                       quantise=cfg["quantise"], calibration=_rebuild(Calibration, cfg["calibration"]),
+                       weight_scale=cfg["weight_scale"],
+                       saturation=None if cfg["saturation"] is None else
+                       _rebuild(Saturation, cfg["saturation"]),
+                       dt_us=cfg["dt_us"], integration=cfg["integration"],
+                       surrogate=_rebuild(Surrogate, cfg["surrogate"]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"chip state: config is invalid ({e})") from None
+        check_number("chip state: runs", state["runs"], low=0, high=2**63 - 1, integer=True)
+        if not isinstance(state["placements"], (list, tuple)):
+            raise TypeError(f"chip state: placements must be a list, got "
+                            f"{type(state['placements']).__name__}")
         for d in state["placements"]:
             p = Placement.from_dict(d)
-            chip._allocator.used.update(c for group in p.circuits for c in group)
+            if p.name in chip._placements:
+                raise ValueError(f"chip state: placement {p.name!r} appears twice")
+            chip._allocator.claim(p)
             chip._placements[p.name] = p
             chip._grow(max(max(c) for c in p.circuits) + 1, int(p.rows()[1].max()) + 1)
         chip.runs = int(state["runs"])
-        for name, saved in state["neurons"].items():
-            if not torch.equal(getattr(chip._circuits, name)[:len(saved)], saved):
-                raise ValueError(f"chip state is inconsistent: neurons.{name} differs from what "
-                                 f"seed {chip.seed} draws (saved by another version?)")
+        neurons = state["neurons"]
+        if not isinstance(neurons, dict) or set(neurons) != set(CircuitNeurons._fields):
+            got = sorted(neurons) if isinstance(neurons, dict) else type(neurons).__name__
+            raise ValueError(f"chip state: neurons must be a dict of {list(CircuitNeurons._fields)}, "
+                             f"got {got}")
+        saved = list(neurons.items()) + [("synapse_rows", state["synapse_rows"])]
+        for name, t in saved:
+            drawn = chip._rows if name == "synapse_rows" else getattr(chip._circuits, name)
+            where = name if name == "synapse_rows" else f"neurons.{name}"
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float64:
+                got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"chip state: {where} must be a float64 tensor [n], got {got}")
+            # the placements decide how much a chip has drawn: a saved length that differs is a
+            # state of another chip (or a tampered one)
+            if len(t) != len(drawn) or not torch.equal(drawn, t):
+                raise ValueError(f"chip state is inconsistent: {where} differs from what seed "
+                                 f"{chip.seed} draws (saved by another version?)")
         return chip
 
     def load_state_dict(self, state):
@@ -248,6 +325,13 @@ class Chip:
                         other._rows[:C.SYNAPSE_ARRAYS * C.SYNAPSE_ROWS])
 
     __hash__ = object.__hash__
+
+    def __getstate__(self):
+        # which layer claimed a placement is a fact of this process (weak references to live
+        # modules): a pickled or copied chip starts with its placements unclaimed
+        state = self.__dict__.copy()
+        state["_owners"] = {}
+        return state
 
     def __repr__(self):
         kind = "ideal" if self.is_ideal else f"mismatch={self.mismatch_label()}"

@@ -16,11 +16,14 @@ from typing import NamedTuple, Optional
 import torch
 
 from .parameters import LIFParams
+from .noise import MAX_NOISE_LSB
 from .readout import ReadoutParams, read_membrane_
 from .surrogates import Surrogate, as_surrogate
-from .validation import check_choice, check_number, check_tensor
+from .validation import check_allocation, check_choice, check_finite, check_number, check_tensor, \
+    checks_values, refuse_double_backward
 
 BACKENDS = ("auto", "torch", "triton")
+MAX_SEED = 2**63 - 1
 
 
 class Recurrence(NamedTuple):
@@ -207,6 +210,7 @@ class _LIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_z, g_u):
+        refuse_double_backward("cuba_lif / li")
         z, u, free = ctx.saved_tensors
         spec = ctx.spec
         rec = spec["recurrence"]
@@ -218,25 +222,59 @@ class _LIF(torch.autograd.Function):
         return g_exc, g_inh, g_w, None
 
 
-def _validate(x_exc, x_inh, params, nominal, readout, recurrence):
-    check_tensor("x_exc", x_exc, ndim=3)
+def _validate(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_lsb, seed):
+    """Static checks, then the size, then values (an expanded view of a huge shape would otherwise
+    be read in full by the NaN check). Returns (params, nominal) as the kernels take them."""
+    check_tensor("x_exc", x_exc, ndim=3, finite=False)
     T, B, N = x_exc.shape
     if T == 0 or B == 0 or N == 0:
         raise ValueError(f"x_exc must have T, B, N >= 1, got shape {tuple(x_exc.shape)}")
+    device = x_exc.device
     if x_inh is not None:
-        check_tensor("x_inh", x_inh, shape=x_exc.shape)
-        if x_inh.device != x_exc.device:
-            raise ValueError(f"x_inh is on {x_inh.device} but x_exc on {x_exc.device}")
-    if not isinstance(params, LIFParams):
-        raise TypeError(f"params must be a bss2_backend.LIFParams, got {type(params).__name__}")
-    params.validate(N, "params")
-    nominal.validate(N, "nominal")
+        check_tensor("x_inh", x_inh, shape=x_exc.shape, finite=False)
+        if x_inh.device != device:
+            raise ValueError(f"x_inh is on {x_inh.device} but x_exc on {device}")
+    for name, p in (("params", params), ("nominal", nominal)):
+        if not isinstance(p, LIFParams):
+            raise TypeError(f"{name} must be a bss2_backend.LIFParams, got {type(p).__name__}")
     if not isinstance(readout, ReadoutParams):
         raise TypeError(f"readout must be a bss2_backend.ReadoutParams, got {type(readout).__name__}")
-    check_tensor("readout.offset_lsb", readout.offset_lsb, shape=(N,))
+    if recurrence is not None:
+        if not isinstance(recurrence, Recurrence):
+            raise TypeError(f"recurrence must be a bss2_backend.Recurrence, got "
+                            f"{type(recurrence).__name__}")
+        for name in ("weight", "exc", "inh"):
+            check_tensor(f"recurrence.{name}", getattr(recurrence, name), shape=(N, N), finite=False)
+    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0, high=MAX_NOISE_LSB)
+    check_number("seed", seed, low=0, high=MAX_SEED, integer=True)
+    item = 8 if x_exc.dtype == torch.float64 else 4
+    check_allocation(f"the spikes and membranes of [T={T}, B={B}, N={N}]",
+                     T * B * N * (2 * item + 1), device)
+    check_finite("x_exc", x_exc)
+    if x_inh is not None:
+        check_finite("x_inh", x_inh)
+    params = params.validate(N, "params")
+    nominal = nominal.validate(N, "nominal")
+    readout.validate(N)
     if recurrence is not None:
         for name in ("weight", "exc", "inh"):
-            check_tensor(f"recurrence.{name}", getattr(recurrence, name), shape=(N, N))
+            check_finite(f"recurrence.{name}", getattr(recurrence, name))
+    return params, nominal
+
+
+def check_output(op, u, x_dtype):
+    """Refuse a membrane that overflowed (finite inputs so large that the state reached inf, or a
+    value beyond the range of a half-precision output dtype): never hand back NaN or inf as a
+    result. A value check: it runs where checks_values(u)."""
+    if checks_values(u) and not bool(torch.isfinite(u.sum())) and not bool(torch.isfinite(u).all()):
+        if x_dtype in (torch.float16, torch.bfloat16):
+            raise FloatingPointError(
+                f"{op}: the membrane exceeds the range of {x_dtype} (max "
+                f"{torch.finfo(x_dtype).max:.4g}); pass float32 inputs")
+        raise FloatingPointError(
+            f"{op}: the membrane overflowed to inf/NaN: the input currents are too large for "
+            f"float32 state; scale the inputs (weights) down")
+    return u
 
 
 def cuba_lif(x_exc, x_inh=None, *, params, nominal=None, readout=None, recurrence=None,
@@ -274,17 +312,21 @@ def li(x_exc, x_inh=None, *, params, nominal=None, readout=None, membrane_noise_
 def _run(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_lsb, seed, surrogate,
          backend, spiking):
     nominal = params if nominal is None else nominal
-    if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3:
+    if readout is None and isinstance(x_exc, torch.Tensor) and x_exc.dim() == 3 \
+            and x_exc.device.type != "meta":
         readout = ReadoutParams.ideal(x_exc.shape[-1], device=x_exc.device)
-    _validate(x_exc, x_inh, params, nominal, readout, recurrence)
-    check_number("membrane_noise_lsb", membrane_noise_lsb, low=0.0)
+    params, nominal = _validate(x_exc, x_inh, params, nominal, readout, recurrence,
+                                membrane_noise_lsb, seed)
     backend = resolve_backend(backend, x_exc.device)
+    op = "cuba_lif" if spiking else "li"
     if backend == "triton":
         from .kernels import dispatch  # imported lazily: the torch path never touches Triton
-        return dispatch.run_lif(x_exc, x_inh, params, nominal, readout, recurrence,
+        z, u = dispatch.run_lif(x_exc, x_inh, params, nominal, readout, recurrence,
                                 membrane_noise_lsb, seed, surrogate, spiking)
+        return z, check_output(op, u, x_exc.dtype)
     spec = {"params": params, "nominal": nominal, "readout": readout, "recurrence": recurrence,
             "membrane_noise_lsb": float(membrane_noise_lsb), "seed": int(seed),
             "surrogate": surrogate, "spiking": spiking}
     w_rec = recurrence.weight if recurrence is not None else None
-    return _LIF.apply(x_exc, x_inh, w_rec, spec)
+    z, u = _LIF.apply(x_exc, x_inh, w_rec, spec)
+    return z, check_output(op, u, x_exc.dtype)

@@ -14,16 +14,16 @@ import math
 import torch
 from torch import nn
 
-from .dynamics import Recurrence, cuba_lif, li
-from .validation import check_tensor
+from .dynamics import BACKENDS, Recurrence, cuba_lif, li
+from .validation import check_allocation, check_choice, check_finite, check_number, check_tensor
 from .weights import signed_weight_path, synapses, weight_path
 
 
 class _ChipLayer(nn.Module):
     """Common to the chip layers. Args: chip; in_features, out_features; name (placement name,
     default kind + index); circuits_per_neuron (1 or 2, default: as many as the inputs need);
-    weight_init: gain g of the uniform init in +-g/sqrt(in_features), model units (threshold 1);
-    backend: "auto" | "torch" | "triton"."""
+    weight_init: gain g >= 0 of the uniform init in +-g/sqrt(in_features), model units
+    (threshold 1; default 1); backend: "auto" | "torch" | "triton"."""
     kind = "layer"
 
     def __init__(self, chip, in_features, out_features, *, name=None, circuits_per_neuron=None,
@@ -32,23 +32,30 @@ class _ChipLayer(nn.Module):
         from .chip import Chip
         if not isinstance(chip, Chip):
             raise TypeError(f"chip must be a bss2_backend.Chip, got {type(chip).__name__}")
+        check_number("in_features", in_features, low=1, integer=True)
+        check_number("out_features", out_features, low=1, integer=True)
+        weight_init = 1.0 if weight_init is None else weight_init
+        check_number("weight_init", weight_init, low=0.0)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+        check_choice("backend", backend, BACKENDS)
         self.chip = chip
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.name = name or f"{self.kind}{len(chip.placements)}"
+        self.name = name or chip.free_name(self.kind)
         self.backend = backend
         self.placement = chip.place(self.name, self._chip_inputs(), self.out_features,
-                                    circuits_per_neuron)
+                                    circuits_per_neuron, owner=self)
         # hxtorch-like init: uniform with the spread of nn.Linear, times a gain suited to 1/45 units
-        bound = (weight_init or 1.0) / math.sqrt(in_features)
+        bound = weight_init / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
 
     def _chip_inputs(self):
         return self.in_features
 
-    def _weights(self, weight, columns, signed=False):
+    def _weights(self, weight, columns, signed=False, name="weight"):
         """(nominal weight the gradient sees, the chip's effective exc and inh weights, or their
         difference exc - inh when signed, LayerParams)."""
-        check_tensor(f"{self.name}.weight", weight, ndim=2)
+        check_tensor(f"{self.name}.{name}", weight, ndim=2)
         chip = self.chip
         lp = chip.layer_params(self.placement, weight.device, weight.dtype)
         gains = (lp.gain_exc[:, columns], lp.gain_inh[:, columns], chip.weight_scale, chip.quantise)
@@ -57,10 +64,23 @@ class _ChipLayer(nn.Module):
         return (*weight_path(weight, *gains), lp)
 
     def _input_currents(self, spikes):
-        check_tensor("spikes", spikes, ndim=3)
-        if spikes.shape[-1] != self.in_features:
+        check_tensor("spikes", spikes, ndim=3, finite=False)
+        T, B, n_in = spikes.shape
+        if n_in != self.in_features:
             raise ValueError(f"spikes must have {self.in_features} features (last dim), got shape "
                              f"{tuple(spikes.shape)}")
+        if T == 0 or B == 0:
+            raise ValueError(f"spikes must have T, B >= 1 (time-major [T, B, {n_in}]), got shape "
+                             f"{tuple(spikes.shape)}")
+        if spikes.device != self.weight.device:
+            raise ValueError(f"spikes are on {spikes.device} but layer {self.name!r} on "
+                             f"{self.weight.device}; move one of them (layer.to(device))")
+        # the input currents and the recorded outputs, before the NaN check reads every element
+        item = 8 if spikes.dtype == torch.float64 else 4
+        check_allocation(f"layer {self.name!r} on [T={T}, B={B}]",
+                         T * B * (n_in * item + 2 * self.out_features * (2 * item + 1)),
+                         spikes.device)
+        check_finite("spikes", spikes)
         alike, nominal_alike = self.chip.synapse_decays(self.placement)
         if alike and self.chip.saturation is None:
             # one signed current, since only exc - inh matters: one GEMM and the fewest device ops
@@ -83,6 +103,8 @@ class LIFLayer(_ChipLayer):
     kind = "lif"
 
     def __init__(self, chip, in_features, out_features, *, recurrent=False, **kwargs):
+        if not isinstance(recurrent, bool):
+            raise TypeError(f"recurrent must be True or False, got {recurrent!r}")
         self.recurrent = recurrent
         super().__init__(chip, in_features, out_features, **kwargs)
         if recurrent:
@@ -99,7 +121,7 @@ class LIFLayer(_ChipLayer):
         recurrence = None
         if self.recurrent:
             cols = slice(self.in_features, self.in_features + self.out_features)
-            w, exc, inh, _ = self._weights(self.weight_rec, cols)
+            w, exc, inh, _ = self._weights(self.weight_rec, cols, name="weight_rec")
             recurrence = Recurrence(w, exc, inh)
         return cuba_lif(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
                         recurrence=recurrence, membrane_noise_lsb=self.chip.noise.membrane_lsb,

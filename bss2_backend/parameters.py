@@ -22,9 +22,11 @@ from typing import NamedTuple
 import torch
 
 from . import constants as C
-from .validation import check_choice, check_number, checks_values
+from .validation import check_choice, check_device, check_number, checks_values
 
 INTEGRATIONS = ("euler", "exact")
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+MAX_REFRACTORY_STEPS = 2**31 - 1          # the kernels count refractory steps in int32
 
 
 @dataclass(frozen=True)
@@ -132,23 +134,40 @@ class LIFParams(NamedTuple):
         moved = [t.to(device=device, dtype=dtype) for t in self[:-1]]
         return LIFParams(*moved, self.ref_steps.to(device=device))
 
-    def validate(self, n, name="params"):
+    def validate(self, n, name="params", device=None):
+        """Raise unless every field is a tensor [n] with data (on `device` when given), the floats
+        finite, the factors a_* in (0, 1] and ref_steps non-negative integers; returns the params
+        with ref_steps as int32 (what the kernels count in)."""
+        if not isinstance(self, LIFParams):
+            raise TypeError(f"{name} must be a bss2_backend.LIFParams, got {type(self).__name__}")
         for field, t in zip(self._fields, self):
+            where = f"{name}.{field}"
             if not isinstance(t, torch.Tensor) or t.shape != (n,):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{name}.{field} must be a tensor of shape ({n},), got {got}")
+                raise ValueError(f"{where} must be a tensor of shape ({n},), got {got}")
+            check_device(where, t)
+            if device is not None and t.device != torch.device(device):
+                raise ValueError(f"{where} is on {t.device} but the inputs are on {device}; move "
+                                 f"the parameters with params.to(device)")
             if field == "ref_steps":
-                if t.is_floating_point() or (checks_values(t) and bool((t < 0).any())):
-                    raise ValueError(f"{name}.ref_steps must be non-negative integers")
+                if t.dtype not in INTEGER_DTYPES:
+                    raise TypeError(f"{where} must have an integer dtype (steps), got {t.dtype}")
+                if checks_values(t) and t.numel() and \
+                        bool((t < 0).any() | (t.to(torch.int64) > MAX_REFRACTORY_STEPS).any()):
+                    raise ValueError(f"{where} must be whole steps in [0, {MAX_REFRACTORY_STEPS}]")
                 continue
+            if not t.is_floating_point():
+                raise TypeError(f"{where} must have a real floating-point dtype, got {t.dtype}")
             if not checks_values(t):
                 continue
             if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name}.{field} contains NaN or inf")
+                raise ValueError(f"{where} contains NaN or inf")
             if field.startswith("a_") and not bool(((t > 0) & (t <= 1)).all()):
-                raise ValueError(f"{name}.{field} (dt/tau) must lie in (0, 1]; got range "
+                raise ValueError(f"{where} (dt/tau) must lie in (0, 1]; got range "
                                  f"[{float(t.min()):.4g}, {float(t.max()):.4g}]: time constants "
                                  f"must be positive and at least dt")
+        if self.ref_steps.dtype != torch.int32:
+            return self._replace(ref_steps=self.ref_steps.to(torch.int32))
         return self
 
 

@@ -12,16 +12,37 @@ from typing import NamedTuple
 import torch
 
 from . import constants as C
+from .noise import MAX_NOISE_LSB
+from .validation import check_number, check_tensor
 
 
-class ReadoutParams(NamedTuple):
-    """offset_lsb: per-channel offset [N] (LSB); noise_lsb: std of the readout noise (LSB);
-    quantise: False reads the membrane exactly (the ideal model); unit_lsb, zero_lsb: calibration."""
+class _ReadoutFields(NamedTuple):
     offset_lsb: torch.Tensor
     noise_lsb: float = 0.0
     quantise: bool = True
     unit_lsb: float = C.MODEL_UNIT_LSB
     zero_lsb: float = C.LEAK_TARGET_LSB
+
+
+class ReadoutParams(_ReadoutFields):
+    """offset_lsb: per-channel offset [N] (LSB); noise_lsb: std of the readout noise (LSB, in
+    [0, 50]); quantise: False reads the membrane exactly (the ideal model); unit_lsb (> 0), zero_lsb
+    (within the CADC range 0..255): calibration. The scalars are checked here, the offsets (a tensor
+    whose length is the layer's) where the readout is used (validate)."""
+    __slots__ = ()
+
+    def __new__(cls, offset_lsb, noise_lsb=0.0, quantise=True, unit_lsb=C.MODEL_UNIT_LSB,
+                zero_lsb=C.LEAK_TARGET_LSB):
+        _check_scalars(noise_lsb, quantise, unit_lsb, zero_lsb)
+        return super().__new__(cls, offset_lsb, float(noise_lsb), quantise, float(unit_lsb),
+                               float(zero_lsb))
+
+    def validate(self, n, name="readout"):
+        """Raise unless this readout fits a layer of n neurons (offsets [n], finite; scalars in
+        range: _replace bypasses the constructor's checks)."""
+        _check_scalars(self.noise_lsb, self.quantise, self.unit_lsb, self.zero_lsb, name)
+        check_tensor(f"{name}.offset_lsb", self.offset_lsb, shape=(n,))
+        return self
 
     @classmethod
     def ideal(cls, n, dtype=torch.float32, device=None):
@@ -33,6 +54,14 @@ class ReadoutParams(NamedTuple):
     @property
     def is_ideal(self):
         return not self.quantise and self.noise_lsb == 0 and not bool(self.offset_lsb.any())
+
+
+def _check_scalars(noise_lsb, quantise, unit_lsb, zero_lsb, name="ReadoutParams"):
+    check_number(f"{name}.noise_lsb", noise_lsb, low=0.0, high=MAX_NOISE_LSB)
+    if not isinstance(quantise, bool):
+        raise TypeError(f"{name}.quantise must be True or False, got {quantise!r}")
+    check_number(f"{name}.unit_lsb", unit_lsb, low=0.0, low_open=True)
+    check_number(f"{name}.zero_lsb", zero_lsb, low=C.CADC_MIN, high=C.CADC_MAX)
 
 
 def cadc_code(v, offset_lsb, noise=None, unit_lsb=C.MODEL_UNIT_LSB, zero_lsb=C.LEAK_TARGET_LSB):

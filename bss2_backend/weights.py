@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import constants as C
-from .validation import check_number
+from .validation import check_number, check_tensor
 
 
 def round_half_away(x):
@@ -42,8 +42,16 @@ class _ToHardware(torch.autograd.Function):
 
 
 def to_hardware(w, scale=C.DEFAULT_WEIGHT_SCALE):
-    """Float weights (model units) -> signed 6-bit hardware weights; straight-through gradient."""
+    """Float weights (model units, a real floating tensor with finite values) -> signed 6-bit
+    hardware weights; straight-through gradient. Weights beyond +-63 / scale are clipped, as the
+    chip clips them."""
     check_number("scale", scale, low=0.0, low_open=True)
+    check_tensor("w", w)
+    return _hw(w, scale)
+
+
+def _hw(w, scale):
+    """to_hardware without the checks (the layers check their weights once per call)."""
     return _ToHardware.apply(w, float(scale))
 
 
@@ -140,14 +148,14 @@ def synapses(spikes, weight, exc, inh=None, saturation=None, mirrored=False):
 def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
     """Effective (exc, inh) weights in model units the chip realises for float `weight`; no grad."""
     with torch.no_grad():
-        w = to_hardware(weight, scale) / scale if quantise else weight
+        w = _hw(weight, scale) / scale if quantise else weight
         return torch.clamp(w, min=0) * gain_exc, torch.clamp(-w, min=0) * gain_inh
 
 
 def signed_chip_weight(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
     """exc - inh of chip_weights, bit for bit, in fewer device ops (each w is either exc or inh)."""
     with torch.no_grad():
-        w = to_hardware(weight, scale) / scale if quantise else weight
+        w = _hw(weight, scale) / scale if quantise else weight
         return w * torch.where(w >= 0, gain_exc, gain_inh)
 
 

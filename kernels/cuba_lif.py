@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from bss2_backend.surrogates import KINDS
+from bss2_backend.validation import refuse_double_backward
 
 from . import utils
 
@@ -512,4 +513,5 @@ class _EagerLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_z, g_u):
+        refuse_double_backward("cuba_lif / li (Triton)")
         return _backward(ctx, g_z, g_u)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from bss2_backend.dynamics import resolve_backend
+from bss2_backend.validation import refuse_double_backward
 
 from . import snntorch_reference as reference
 from .snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, NeuronSpec
@@ -126,6 +127,7 @@ class _EagerNeuron(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        refuse_double_backward("snntorch neuron op")
         return _backward(ctx, *grads)
 
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from bss2_backend.chip import Chip
+from bss2_backend.placement import PlacementError
 from bss2_backend.dynamics import Recurrence, cuba_lif, li
 from bss2_backend.weights import signed_weight_path, synapses, weight_path
 
@@ -97,10 +98,15 @@ def _tau_us(decay, dt_us, integration):
 def _scalar(module, name, where):
     t = getattr(module, name)
     t = torch.as_tensor(t).detach().float()
+    if t.numel() == 0:
+        raise ValueError(f"{where}: {name} is empty")
     if t.numel() != 1 and not bool((t == t.flatten()[0]).all()):
         raise ValueError(f"{where}: chip mode needs one {name} per layer (the chip's calibration "
                          f"targets are per layer), got a per-neuron {name} of shape {tuple(t.shape)}")
-    return float(t.flatten()[0])
+    value = float(t.flatten()[0])
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {name}={value} must be finite in chip mode")
+    return value
 
 
 def map_neuron(module, where, chip):
@@ -186,7 +192,17 @@ def bind(module, linear, where, chip):
     mapping = map_neuron(module, where, chip)
     n_in, n_out = linear.in_features, linear.out_features
     chip_inputs = n_in + (n_out if mapping.recurrent != "none" else 0)
-    placement = chip.place(f"snntorch:{where}", chip_inputs, n_out)
+    name = f"snntorch:{where}"
+    taken = chip.placements.get(name)
+    try:
+        placement = chip.place(name, chip_inputs, n_out, owner=module)
+    except PlacementError:
+        if taken is None:
+            raise
+        raise PlacementError(
+            f"{where}: this chip already holds a layer placed as {name!r} by another network "
+            f"(chip-mode layers are named by their position in the network), and two layers never "
+            f"share circuits; convert each network onto its own Chip") from None
     return ChipBinding(chip, placement, mapping, n_in)
 
 

@@ -92,9 +92,14 @@ def _bind(model, chip):
     chip_mode.chip_warnings(bindings, linears)
 
 
+# the patches in force, oldest first: snntorch's names always show the newest one's classes, and
+# the originals once none is left, whatever order they are undone in
+_ACTIVE = []
+
+
 class Patch:
     """Active replacement of snntorch's neuron classes; undo with .undo(), by calling it, or by
-    leaving its `with` block."""
+    leaving its `with` block. Patches nest and may be undone in any order."""
 
     def __init__(self, chip=None):
         if chip is not None:
@@ -102,15 +107,16 @@ class Patch:
             if not isinstance(chip, Chip):
                 raise TypeError(f"chip must be a bss2_backend.Chip or None, got {type(chip).__name__}")
         self.chip = chip
-        self._saved = {name: getattr(snntorch, name) for name in STOCK}
-        for name, cls in BACKEND.items():
-            setattr(snntorch, name, cls if chip is None else _pending_class(cls, chip))
+        self.classes = {name: cls if chip is None else _pending_class(cls, chip)
+                        for name, cls in BACKEND.items()}
+        _ACTIVE.append(self)
+        _apply()
         self.active = True
 
     def undo(self):
         if self.active:
-            for name, cls in self._saved.items():
-                setattr(snntorch, name, cls)
+            _ACTIVE.remove(self)
+            _apply()
             self.active = False
 
     __call__ = undo
@@ -121,6 +127,12 @@ class Patch:
     def __exit__(self, *exc):
         self.undo()
         return False
+
+
+def _apply():
+    classes = _ACTIVE[-1].classes if _ACTIVE else STOCK
+    for name in STOCK:
+        setattr(snntorch, name, classes[name])
 
 
 def _pending_class(cls, chip):

@@ -1,12 +1,15 @@
 """forward_pass(net, num_steps, data): snntorch's tutorial helper, run over all time steps at once."""
+import math
 import numbers
 
 import torch
 from torch import nn
 
+from bss2_backend.validation import check_allocation, check_finite, check_tensor
+
 from . import chip_mode, fused
 from .convert import CHIP_PASSTHROUGH, convert, is_chip_bound, pending_chip, sequence_of
-from .neurons import supported_kind
+from .neurons import _BackendNeuron, supported_kind
 from .notices import notice_once
 
 # stateless layers applied to all steps at once ([T*B, ...])
@@ -49,20 +52,85 @@ def forward_pass(net, num_steps, data):
     chip = pending_chip(net)
     if chip is not None:
         convert(net, chip)
-    if is_chip_bound(net):
+    on_chip = is_chip_bound(net)
+    _check_inputs(net, data, on_chip)
+    if on_chip:
         return _chip_pass(net, num_steps, data)
     reason, seq = _fusable(net, data)
     if reason is None:
         x, static = split_time(seq, data, num_steps)
+        _check_features_and_size(seq, x, static, num_steps)
         return _fused_pass(net, seq, num_steps, x, static)
     notice_once("forward_pass" + reason, f"forward_pass runs step by step: {reason}")
     return _stepwise_pass(net, num_steps, data)
 
 
+# snntorch's state buffers: reset by forward_pass, so their values are not the caller's input
+STATE_BUFFERS = ("mem", "syn", "spk", "reset", "syn_exc", "syn_inh")
+
+
+def _check_inputs(net, data, on_chip):
+    """data: a real floating tensor with data and at least one sample, on the net's device, of
+    the net's dtype (ideal mode: its GEMMs take no other; chip mode runs float32 or float64);
+    data, parameters and neuron constants finite where value checks run (NaN must never become
+    plausible spikes)."""
+    check_tensor("data", data, floating=False, finite=False)
+    if not data.is_floating_point():
+        raise TypeError(f"data must be a real floating-point tensor (spikes or currents, float32 "
+                        f"like the net's parameters), got {data.dtype}; convert with data.float()")
+    if data.dim() == 0 or data.numel() == 0:
+        raise ValueError(f"data must hold at least one sample ([B, ...] or [num_steps, B, ...] "
+                         f"with B >= 1), got shape {tuple(data.shape)}")
+    for name, p in net.named_parameters():
+        check_tensor(f"parameter {name}", p, floating=False, finite=False)
+    ref = next((p for p in net.parameters() if p.is_floating_point()), None)
+    if ref is not None:
+        if data.device != ref.device:
+            raise ValueError(f"data is on {data.device} but the net on {ref.device}; move one of "
+                             f"them (net.to(device) or data.to(device))")
+        if not on_chip and data.dtype != ref.dtype:
+            raise TypeError(f"data is {data.dtype} but the net's parameters are {ref.dtype}; "
+                            f"convert with data.to({ref.dtype})")
+    # an expanded view may describe more elements than memory holds: its size comes before a
+    # check that reads every element
+    check_allocation(f"data of shape {tuple(data.shape)}", data.numel() * data.element_size(),
+                     data.device)
+    check_finite("data", data)
+    for name, p in net.named_parameters():
+        check_finite(f"parameter {name}", p.detach())
+    for name, b in net.named_buffers():
+        if b.is_floating_point() and name.rsplit(".", 1)[-1] not in STATE_BUFFERS:
+            check_tensor(f"buffer {name}", b, floating=False)
+
+
+def _check_features_and_size(seq, x, static, num_steps):
+    """The first layer's input features against data's, and the size of the whole pass against
+    the device's memory, before anything is expanded over time or allocated."""
+    sample = tuple(x.shape[1:] if static else x.shape[2:])
+    batch = x.shape[0] if static else x.shape[1]
+    if batch == 0:
+        raise ValueError(f"data has a batch of 0 samples (shape {tuple(x.shape)}); pass B >= 1")
+    first = seq[0][1]
+    lin = first if isinstance(first, nn.Linear) else None
+    if isinstance(first, nn.Flatten) and len(seq) > 1 and isinstance(seq[1][1], nn.Linear):
+        lin = seq[1][1]
+        features, what = math.prod(sample), f"{math.prod(sample)} features per sample (shape {sample}, flattened)"
+    elif lin is not None:
+        features, what = (sample[-1] if sample else 1), f"{sample[-1] if sample else 1} features (last dimension of {tuple(x.shape)})"
+    if lin is not None and features != lin.in_features:
+        raise ValueError(f"data has {what}, but the first nn.Linear takes in_features="
+                         f"{lin.in_features}")
+    widths = sum(m.out_features for _, m in seq if isinstance(m, nn.Linear))
+    item = 8 if x.dtype == torch.float64 else 4
+    check_allocation(f"forward_pass(num_steps={num_steps}) on a batch of {batch}",
+                     num_steps * batch * (math.prod(sample) + 3 * widths) * item, x.device)
+
+
 def split_time(seq, data, num_steps):
     """(x, static): data as static [B, ...] (static=True) or time-major [T, B, ...]."""
     first = next((m for _, m in seq if type(m) in STEP_RANK or supported_kind(m) is not None), None)
-    rank = STEP_RANK.get(type(first))
+    # a leading Flatten takes any sample shape: the rank comes from the data, not the Linear
+    rank = None if isinstance(seq[0][1], nn.Flatten) else STEP_RANK.get(type(first))
     if rank is None and isinstance(seq[0][1], nn.Flatten):
         lin = next((m for _, m in seq if isinstance(m, nn.Linear)), None)
         if lin is not None:
@@ -110,6 +178,9 @@ def _fusable(net, data):
     if not seq:
         return "the net is empty", None
     for name, m in seq:
+        if supported_kind(m) is not None and not isinstance(m, _BackendNeuron):
+            return (f"{name} is snntorch's own {type(m).__name__} (convert(net) first to run it "
+                    f"fused)"), None
         if supported_kind(m) is not None:
             why = fused.unfusable_reason(m, None, multistep=True)
             if why:
@@ -168,6 +239,11 @@ def _stepwise_pass(net, num_steps, data):
         if not isinstance(out, tuple) or len(out) < 2:
             raise ValueError("the net returned a single tensor: give its last neuron output=True so "
                              "that it returns (spk, mem), as snntorch's forward_pass expects")
+        if step == 0:
+            # the first step tells the size of a recorded one: refuse what cannot be recorded
+            check_allocation(f"forward_pass(num_steps={num_steps})", num_steps * (
+                out[0].numel() * out[0].element_size() + out[-1].numel() * out[-1].element_size()),
+                out[-1].device)
         spk_rec.append(out[0])
         mem_rec.append(out[-1])
     return torch.stack(spk_rec), torch.stack(mem_rec)
@@ -178,6 +254,7 @@ def _chip_pass(net, num_steps, data):
         raise TypeError(f"chip mode runs nn.Sequential nets; got {type(net).__name__}")
     seq = sequence_of(net)
     x, static = split_time(seq, data, num_steps)
+    _check_features_and_size(seq, x, static, num_steps)
     if static:
         x = x.expand(num_steps, *x.shape)
     reset_net(net)
