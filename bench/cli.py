@@ -1,8 +1,9 @@
 """`bss2 bench` and `python -m bench`: command-line front end of bss2_backend.bench.run."""
-import argparse
 import os
 import sys
 from pathlib import Path
+
+from bss2_backend.cli import Parser, folder_arg, integer
 
 from . import registry, results
 
@@ -20,12 +21,12 @@ def add_arguments(p):
                    help="shrink every workload to a smoke-test size (numbers mean nothing)")
     p.add_argument("--all", dest="run_all", action="store_true",
                    help="also run the workloads the CPU run skips as too slow or too big")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
                    help="CPU threads for torch (default: torch's choice); 1 is steadier on a "
                         "host whose cores other processes share")
-    p.add_argument("--out", type=Path, default=results.RESULTS_DIR,
-                   help=f"directory of {results.CSV_NAME} and {results.PLOT_NAME} "
-                        f"(default: bench/results)")
+    p.add_argument("--out", type=folder_arg, default=None,
+                   help=f"directory of {results.CSV_NAME} and {results.PLOT_NAME} (default: "
+                        f"bench/results in a source checkout, else the current directory)")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the plot")
 
 
@@ -37,12 +38,11 @@ def cmd_bench(args):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from .run import Options, run
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     options = Options(device=args.device, workloads=args.workloads, impls=args.impls,
                       modes=tuple(args.modes), quick=args.quick, tiny=args.tiny,
-                      run_all=args.run_all, out_dir=args.out, plot=args.plot)
+                      run_all=args.run_all, out_dir=None if args.out is None else Path(args.out),
+                      plot=args.plot)
     run(options)
     return 0
 
@@ -51,18 +51,21 @@ def register(subparsers):
     p = subparsers.add_parser(
         "bench", help="time the chip layers against stock snntorch and eager PyTorch",
         description="Benchmark every workload of the registry with every implementation on one "
-                    "device; results are appended to bench/results/results.csv.")
+                    "device; results are appended to results.csv in --out.")
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench", description=(
+    parser = Parser(prog="python -m bench", description=(
         "Benchmark the emulated chip against stock snntorch and eager PyTorch."))
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return cmd_bench(args)
-    except (ValueError, TypeError) as e:
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,38 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CSV_NAME = "results.csv"
 PLOT_NAME = "latest.png"
 
+
+def default_out_dir():
+    """bench/results in a source checkout (the committed record); the current folder when the
+    package is installed (never a file inside site-packages)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "bss2_backend").is_dir():
+        return RESULTS_DIR
+    return Path.cwd()
+
+
+def prepare(out_dir=None):
+    """The output folder, created and proven writable, with a results CSV that can be appended to
+    (same columns); OutputError / ValueError before any benchmark runs otherwise."""
+    from bss2_backend.files import OutputError, prepare_out
+    out_dir = prepare_out(default_out_dir() if out_dir is None else out_dir)
+    csv_path = out_dir / CSV_NAME
+    if csv_path.exists():
+        if not csv_path.is_file():
+            raise OutputError(f"--out {out_dir}: {csv_path} is not a file")
+        try:
+            with csv_path.open(newline="") as f:
+                header = tuple(next(csv.reader(f), ()))
+            with csv_path.open("a"):
+                pass
+        except OSError as e:
+            raise OutputError(f"--out {out_dir}: {csv_path} cannot be appended to "
+                              f"({e.strerror or e})") from None
+        if header and header != COLUMNS:
+            raise ValueError(f"{csv_path} has columns {list(header)}, expected {list(COLUMNS)}; "
+                             f"move it aside or pass another --out directory")
+    return out_dir
+
 COLUMNS = (
     "run_id", "date", "git_commit", "device", "torch", "triton", "snntorch", "bss2_backend",
     "workload", "shape", "size", "impl", "backend", "mode", "T", "B",

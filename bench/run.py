@@ -38,18 +38,23 @@ class Options:
     quick: bool = False
     tiny: bool = False
     run_all: bool = False
-    out_dir: Path = results.RESULTS_DIR
+    out_dir: Optional[Path] = None      # None: results.default_out_dir()
     plot: bool = True
 
 
 def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
     return device
 
 
@@ -267,6 +272,8 @@ def run(options=None, impls=None, say=print):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     workloads = registry.get(options.workloads)
+    # an output that cannot be written is refused now, not after the whole benchmark
+    out_dir = results.prepare(options.out_dir)
     env = environment()
     dev = timing.describe(device)
     for line in header(device, dev, env, options):
@@ -276,9 +283,9 @@ def run(options=None, impls=None, say=print):
         wl = w.tiny() if options.tiny else w
         say(f"[{w.name}] {w.title}: {wl.shape}")
         rows += run_workload(w, impls, device, dev, env, options, say)
-    csv_path = Path(options.out_dir) / results.CSV_NAME
+    csv_path = out_dir / results.CSV_NAME
     results.append(csv_path, rows)
-    png = results.plot_latest(csv_path, Path(options.out_dir) / results.PLOT_NAME) \
+    png = results.plot_latest(csv_path, out_dir / results.PLOT_NAME) \
         if options.plot else None
     say("")
     say(format_table(rows))

@@ -11,7 +11,7 @@ readout quantisation. It is one hand-written reverse sweep over time, so the CPU
 per-step autograd graph. The derivation is in bss2_backend/DYNAMICS.md.
 """
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 

@@ -6,10 +6,13 @@ from dataclasses import asdict, replace
 
 import torch
 
-from ..cli import UserError, _mismatch_arg
-from .config import TASKS, TrainConfig
+from ..cli import CHIP_SEED, UserError, _mismatch_arg, folder_arg, integer, real, sigma_arg
+from .config import MIN_STEPS, TASKS, TrainConfig
 
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 10_000_000
+MAX_THREADS = 1024
 
 
 def register(subparsers):
@@ -19,10 +22,11 @@ def register(subparsers):
                     "Without --data it uses scikit-learn's bundled digits (no download).")
     train.add_argument("--task", choices=TASKS, default="mnist",
                        help="mnist: images, latency coded (default); shd: Spiking Heidelberg Digits")
-    train.add_argument("--data", metavar="PATH", help="MNIST .npz (x_train, y_train, x_test, y_test) "
-                       "or folder of the four IDX files; for --task shd the folder with shd_*.h5")
+    train.add_argument("--data", metavar="PATH", type=folder_arg,
+                       help="MNIST .npz (x_train, y_train, x_test, y_test) or folder of the four "
+                            "IDX files; for --task shd the folder with shd_*.h5")
     _common(train)
-    train.add_argument("--mismatch", type=_mismatch_arg, default="calibrated",
+    train.add_argument("--mismatch", type=_mismatch_arg, default=None,
                        help="calibrated (default) | uncalibrated | none | sigma_d (float in [0, 1])")
     train.add_argument("--integration", choices=("auto", "euler", "exact"), default="auto",
                        help="auto: exact exponential decay for a numeric sigma_d (detuned time "
@@ -30,7 +34,7 @@ def register(subparsers):
                             "Euler as hxtorch")
     train.add_argument("--ideal", action="store_true",
                        help="train on the nominal model: no mismatch, noise or quantisation")
-    train.add_argument("--out", default="bss2-train", metavar="DIR",
+    train.add_argument("--out", default="bss2-train", metavar="DIR", type=folder_arg,
                        help="checkpoint, metrics and plots go here (default ./bss2-train)")
     train.add_argument("--resume", action="store_true",
                        help="continue exactly from DIR/checkpoint.pt up to --epochs")
@@ -40,34 +44,43 @@ def register(subparsers):
         "selfcal", help="self-calibration sweep (Fig. 4B): in the loop vs trained ideal and loaded",
         description="For each sigma_d: train on the ideal model and load onto the decalibrated chip, "
                     "versus train in the loop on that chip; test accuracy of both.")
-    sc.add_argument("--data", metavar="PATH", help="MNIST .npz or IDX folder (default: digits)")
+    sc.add_argument("--data", metavar="PATH", type=folder_arg,
+                    help="MNIST .npz or IDX folder (default: digits)")
     _common(sc)
-    sc.add_argument("--sigmas", type=float, nargs="+", default=None, metavar="S",
+    sc.add_argument("--sigmas", type=sigma_arg, nargs="+", default=None, metavar="S",
                     help="decalibration values (default 0 0.1 0.2 0.3 0.4 0.5)")
     sc.add_argument("--quick", action="store_true",
                     help="digits, fewer epochs and steps: under 10 minutes on 2 CPU cores")
-    sc.add_argument("--out", default="bss2-selfcal", metavar="DIR",
+    sc.add_argument("--out", default="bss2-selfcal", metavar="DIR", type=folder_arg,
                     help="selfcal.csv, selfcal.json and selfcal.png go here (default ./bss2-selfcal)")
     sc.set_defaults(func=cmd_selfcal, _user_errors=False, task="mnist")
 
 
 def _common(p):
-    p.add_argument("--chip-seed", type=int, default=0, help="seed of the emulated chip's mismatch")
+    p.add_argument("--chip-seed", type=CHIP_SEED, default=0,
+                   help="seed of the emulated chip's mismatch (0 .. 2^63-1)")
     p.add_argument("--no-noise", action="store_true", help="switch the chip's temporal noise off")
-    p.add_argument("--epochs", type=int, help="epochs (default: 10 digits, 30 MNIST/SHD)")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate")
-    p.add_argument("--steps", type=int, help="time steps T of dt = 1 us (default 40; SHD 100)")
-    p.add_argument("--reg", type=float, default=TrainConfig.reg,
-                   help="spike-count regulariser strength (0: off)")
-    p.add_argument("--seed", type=int, default=0, help="weight init and batch order")
+    p.add_argument("--epochs", type=integer(1, MAX_EPOCHS),
+                   help="epochs (default: 10 digits, 30 MNIST/SHD)")
+    p.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=real(0.0, None, low_open=True), default=TrainConfig.lr,
+                   help="Adam learning rate (finite, > 0)")
+    p.add_argument("--steps", type=integer(MIN_STEPS, None),
+                   help=f"time steps T of dt = 1 us (default 40; SHD 100; at least {MIN_STEPS}: an "
+                        f"input reaches the readout two steps later)")
+    p.add_argument("--reg", type=real(0.0), default=TrainConfig.reg,
+                   help="spike-count regulariser strength (finite, >= 0; 0: off)")
+    p.add_argument("--seed", type=integer(0, 2**32 - 1), default=0,
+                   help="weight init and batch order (0 .. 2^32-1)")
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu) | cpu | cuda[:i]")
-    p.add_argument("--limit-train", type=int, metavar="N", help="use only the first N training samples")
-    p.add_argument("--limit-test", type=int, metavar="N", help="use only the first N test samples")
+    p.add_argument("--limit-train", type=integer(1, None), metavar="N",
+                   help="use only the first N training samples")
+    p.add_argument("--limit-test", type=integer(1, None), metavar="N",
+                   help="use only the first N test samples")
     p.add_argument("--json", action="store_true",
                    help="one JSON object on stdout; progress and logs go to stderr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=integer(1, MAX_THREADS), default=1,
                    help="CPU threads per process (default 1: the per-step tensors are small, and "
                         "more threads mostly spin when cores are shared)")
 
@@ -77,7 +90,7 @@ def resolve_device(text):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(text)
-    except RuntimeError:
+    except (RuntimeError, ValueError, TypeError):
         raise UserError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cpu":
         return device
@@ -91,18 +104,7 @@ def resolve_device(text):
     return device
 
 
-def _positive(name, value):
-    if value is not None and value < 1:
-        raise UserError(f"{name} must be >= 1, got {value}")
-
-
 def _config(args, dataset_name):
-    for name in ("epochs", "batch_size", "steps", "limit_train", "limit_test"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
-    if not args.lr > 0:
-        raise UserError(f"--lr must be > 0, got {args.lr}")
-    if args.reg < 0:
-        raise UserError(f"--reg must be >= 0, got {args.reg}")
     cfg = TrainConfig(task=args.task, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
                       seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name])
     if args.task == "shd":
@@ -124,36 +126,65 @@ def _load(args, steps):
 
 def _chip(args):
     from ..chip import Chip
+    from ..cli import resolve_mismatch
+    mismatch = resolve_mismatch(args)
     integration = args.integration
     if integration == "auto":
-        integration = "exact" if isinstance(args.mismatch, float) else "euler"
+        integration = "exact" if isinstance(mismatch, float) else "euler"
     if args.ideal:
         return Chip.ideal(seed=args.chip_seed, integration=integration)
     try:
-        chip = Chip(seed=args.chip_seed, mismatch=args.mismatch, noise=not args.no_noise,
+        chip = Chip(seed=args.chip_seed, mismatch=mismatch, noise=not args.no_noise,
                     integration=integration)
     except (ValueError, TypeError) as e:
         raise UserError(f"--mismatch / --chip-seed: {e}") from None
     n = chip.neurons
     fastest = min(float(t.min()) for t in (n.tau_mem_us, n.tau_syn_exc_us, n.tau_syn_inh_us))
     if integration == "euler" and fastest < chip.dt_us:
-        raise UserError(f"--mismatch {args.mismatch} detunes a time constant to {fastest:.3g} us, "
+        raise UserError(f"--mismatch {mismatch} detunes a time constant to {fastest:.3g} us, "
                         f"below dt = {chip.dt_us:g} us, where forward Euler is unstable; use "
                         f"--integration exact")
     return chip
 
 
+def distributed_env():
+    """(world size, rank, local rank) from torchrun's environment, checked: a WORLD_SIZE that is
+    no integer, or > 1 without the rest of what torchrun sets, is a one-line error."""
+    values = {}
+    for key, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(key, default)
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise UserError(f"environment variable {key}={text!r} is not an integer; unset it, "
+                            f"or start the ranks with torchrun") from None
+    world, rank, local = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
+    if world < 1:
+        raise UserError(f"environment variable WORLD_SIZE={world} must be >= 1")
+    if world > 1:
+        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+                   if not os.environ.get(k)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={world} is set but {', '.join(missing)} are not: start the "
+                            f"ranks with `torchrun --nproc_per_node={world} -m bss2_backend train ...`, "
+                            f"or unset WORLD_SIZE for one process")
+        if not 0 <= rank < world or local < 0:
+            raise UserError(f"RANK={rank} / LOCAL_RANK={local} must lie in [0, WORLD_SIZE={world})")
+    return world, rank, local
+
+
 def _start_distributed(device):
     """Join torchrun's process group (WORLD_SIZE > 1); returns the device of this rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world, _, local = distributed_env()
+    if world <= 1:
         return device
     import torch.distributed as dist
     if device.type == "cuda":
-        rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if rank >= count:
-            raise UserError(f"torchrun started local rank {rank} but this machine has {count} CUDA "
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise UserError(f"torchrun started local rank {local} but this machine has {count} CUDA "
                             f"device(s): use --nproc_per_node <= {count}, or --device cpu (gloo)")
-        device = torch.device("cuda", rank)
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -168,10 +199,11 @@ def _logger(args, main=True):
 def _user_errors():
     """Exceptions that are the user's to fix: shown as one line, never as a traceback."""
     from ..placement import PlacementError
+    from ..validation import TooLargeError
     from .data import DataError
     from ..files import OutputError
-    from .loop import CheckpointError
-    return DataError, CheckpointError, OutputError, PlacementError
+    from .checkpoint import CheckpointError
+    return DataError, CheckpointError, OutputError, PlacementError, TooLargeError, FloatingPointError
 
 
 def cmd_train(args):
@@ -189,10 +221,10 @@ def _train(args):
     from . import plots
     from ..files import prepare_out, write_text
     from .loop import fit
-    _positive("--threads", args.threads)
+    world, rank, _ = distributed_env()
     torch.set_num_threads(args.threads)
     device = _start_distributed(resolve_device(args.device))
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = rank == 0
     log = _logger(args, main)
     out = prepare_out(args.out)
     dataset_name = "shd" if args.task == "shd" else ("mnist" if args.data else "digits")
@@ -214,7 +246,7 @@ def _train(args):
     plots.plot_activity(cfg, model, dataset.x_test, dataset.y_test, out / "activity.png")
     result = {"test_accuracy": final.get("test_accuracy"), "train_accuracy": final.get("train_accuracy"),
               "loss": final.get("loss"), "epochs": len(history), "device": str(device),
-              "world_size": int(os.environ.get("WORLD_SIZE", "1")), "dataset": dataset.name,
+              "world_size": world, "dataset": dataset.name,
               "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
               "spikes_per_hidden_neuron": final.get("test_spikes_per_hidden_neuron"),
               "chip": chip.config(), "config": asdict(cfg), "history": history,
@@ -241,7 +273,6 @@ def _selfcal(args):
     from . import plots, selfcal
     from .data import load_images
     from ..files import prepare_out, write_text
-    _positive("--threads", args.threads)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     log = _logger(args)
@@ -256,9 +287,6 @@ def _selfcal(args):
                       t_last=max(1, min(cfg.t_last, steps // 2)))
     dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
     sigmas = tuple(args.sigmas) if args.sigmas else selfcal.SIGMAS
-    for s in sigmas:
-        if not 0.0 <= s <= 1.0:
-            raise UserError(f"--sigmas: sigma_d={s} is out of range; allowed [0, 1]")
     log(f"self-calibration sweep on {dataset.name} ({len(dataset.y_train)} train / "
         f"{len(dataset.y_test)} test), chip seed {args.chip_seed}, sigma_d {list(sigmas)}, "
         f"{cfg.epochs} epochs, T={cfg.steps}, device {device}")

@@ -2,6 +2,9 @@
 from dataclasses import dataclass
 
 TASKS = ("mnist", "shd")
+# an input spike moves the hidden membrane one step later and a hidden spike the readout's one
+# step after that: with fewer steps the readout can never respond
+MIN_STEPS = 3
 
 
 @dataclass

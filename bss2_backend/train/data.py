@@ -95,15 +95,32 @@ def load_mnist(path):
                             f"x_{split}), got shape {y.shape}")
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 9:
             raise DataError(f"{path}: y_{split} must hold integer labels 0..9")
+        check_pixels(path, f"x_{split}", x)
+    # one scale for both splits: 0..255 (uint8 MNIST) unless every pixel already lies in [0, 1]
+    scale = 255.0 if max(float(arrays["x_train"].max()), float(arrays["x_test"].max())) > 1.0 \
+        else 1.0
     out = {}
     for key, a in arrays.items():
         if key.startswith("x"):
-            a = a.astype(np.float32)
-            a = a / 255.0 if a.max() > 1.0 else a
-            out[key] = resize(torch.from_numpy(a))
+            out[key] = resize(torch.from_numpy(a.astype(np.float32) / np.float32(scale)))
         else:
             out[key] = torch.from_numpy(a.astype(np.int64))
     return Dataset("mnist", out["x_train"], out["y_train"], out["x_test"], out["y_test"], 10)
+
+
+def check_pixels(path, key, x):
+    """Pixels must be real numbers (integers or floats; not strings, objects or complex), finite,
+    and within [0, 255] (uint8 images) or [0, 1]: nothing is clipped or truncated silently."""
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer)
+                                   or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: {key} has dtype {x.dtype}; pixels must be real numbers "
+                        f"(uint8 0..255 or float 0..1)")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{path}: {key} contains NaN or inf pixels; all pixels must be finite")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 255:
+        raise DataError(f"{path}: {key} has pixels in [{low:g}, {high:g}]; allowed [0, 255] "
+                        f"(uint8) or [0, 1]")
 
 
 def _read_npz(path):

@@ -9,18 +9,13 @@ the gradients, and metrics are summed over ranks. Only rank 0 writes files and l
 import math
 import sys
 import time
-from dataclasses import asdict
-
 import torch
 import torch.distributed as dist
 
+from .checkpoint import check_matches, load_checkpoint, make_checkpoint, restore
 from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
 from ..files import save_torch
 from .model import mnist_network, shd_network
-
-CHECKPOINT_FORMAT = "bss2-train-checkpoint"
-CHECKPOINT_VERSION = 1
-
 
 def build_network(cfg, chip, n_in, n_out):
     """The task's network on `chip`, initialised from cfg.seed (the same on every rank)."""
@@ -72,26 +67,29 @@ def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True):
     batches = [b for b in batches if len(b) >= ranks.world]
     bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress and ranks.main)
     totals = [0.0, 0.0, 0.0, 0.0]                 # loss * n, correct, hidden spikes, n
-    for idx in batches:
-        idx = idx[ranks.rank::ranks.world]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        hidden, readout = model(encode(cfg, xb))
-        loss, pred = loss_and_prediction(cfg, readout, yb)
-        total = loss + spike_regulariser(hidden, cfg.reg)
-        optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
-        _plain(model).clamp_to_chip_()
-        n = len(yb)
-        totals[0] += loss.item() * n
-        totals[1] += float((pred == yb).sum())
-        totals[2] += float(hidden.detach().sum())
-        totals[3] += n
+    try:
+        for idx in batches:
+            idx = idx[ranks.rank::ranks.world]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            hidden, readout = model(encode(cfg, xb))
+            loss, pred = loss_and_prediction(cfg, readout, yb)
+            total = loss + spike_regulariser(hidden, cfg.reg)
+            optimiser.zero_grad(set_to_none=True)
+            total.backward()
+            optimiser.step()
+            _plain(model).clamp_to_chip_()
+            n = len(yb)
+            totals[0] += loss.item() * n
+            totals[1] += float((pred == yb).sum())
+            totals[2] += float(hidden.detach().sum())
+            totals[3] += n
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    finally:
+        # also on Ctrl-C: the bar's line is cleared before anything else is said
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     loss_sum, correct, spikes, n = ranks.sum(totals, device)
     n_hidden = hidden.shape[-1]
     return loss_sum / n, correct / n, spikes / (n * n_hidden)
@@ -125,57 +123,8 @@ def _progress(total, desc, enabled):
                 dynamic_ncols=True, mininterval=0.5)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not belong to this run (another network, chip or format)."""
-
-
-def make_checkpoint(cfg, model, optimiser, chip, epoch, history, signature):
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": asdict(cfg),
-            "network": signature, "model": _plain(model).state_dict(),
-            "optimizer": optimiser.state_dict(), "chip": chip.state_dict(), "epoch": epoch,
-            "history": history, "rng": torch.get_rng_state()}
-
-
 def _plain(model):
     return model.module if hasattr(model, "module") else model
-
-
-def check_checkpoint(state, path, cfg, chip, signature):
-    """Raise CheckpointError (one line, what differs and what to do) unless `state` fits this run."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a bss2 train checkpoint; remove it or pick another --out")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this bss2 reads "
-                              f"{CHECKPOINT_VERSION}; start afresh in another --out")
-    if state["network"] != signature:
-        diff = {k: (state["network"].get(k), v) for k, v in signature.items()
-                if state["network"].get(k) != v}
-        raise CheckpointError(f"{path} was written for another network ({_describe(diff)}: "
-                              f"saved vs requested); use the same --task/--data/--steps or another --out")
-    saved_chip = state["chip"]["config"]
-    if saved_chip != chip.config():
-        keys = [k for k in chip.config() if saved_chip.get(k) != chip.config()[k]]
-        diff = {k: (saved_chip.get(k), chip.config()[k]) for k in keys}
-        raise CheckpointError(f"{path} was trained on another chip ({_describe(diff)}: saved vs "
-                              f"requested); pass the same --chip-seed/--mismatch/--no-noise/--ideal "
-                              f"or another --out")
-    for key in ("batch_size", "lr", "seed", "loss_scale", "reg"):
-        if state["config"].get(key) != getattr(cfg, key):
-            raise CheckpointError(f"{path} was trained with {key}={state['config'].get(key)}, this run "
-                                  f"asks for {getattr(cfg, key)}; resume with the same value or use "
-                                  f"another --out")
-
-
-def _describe(diff):
-    return ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
-
-
-def restore(state, model, optimiser, chip):
-    _plain(model).load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimizer"])
-    chip.runs = int(state["chip"]["runs"])
-    torch.set_rng_state(state["rng"])
-    return int(state["epoch"]), list(state["history"])
 
 
 def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, progress=True,
@@ -194,14 +143,13 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
     start, history = 0, []
     path = None if out is None else out / "checkpoint.pt"
     if resume and path is not None and path.exists():
-        try:
-            state = torch.load(path, map_location=device, weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); remove it or "
-                                  f"pick another --out") from None
-        check_checkpoint(state, path, cfg, chip, signature)
-        start, history = restore(state, model, optimiser, chip)
+        state = load_checkpoint(path)
+        check_matches(state, path, cfg, chip, signature)
+        start, history = restore(state, path, model, optimiser, chip)
         log(f"resumed from {path} after epoch {start}")
+        if start >= cfg.epochs:
+            log(f"the checkpoint already holds {start} epochs (--epochs {cfg.epochs}): nothing "
+                f"left to train; pass a larger --epochs to continue")
     elif resume:
         log(f"no checkpoint in {out}: starting afresh")
     if ranks.on:
@@ -221,7 +169,8 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
         log(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
             f"test {test_acc:.4f}  spikes/hidden neuron/sample {spikes:.3f}  {row['seconds']:.1f}s")
         if path is not None and ranks.main:
-            save_torch(make_checkpoint(cfg, model, optimiser, chip, epoch + 1, history, signature), path)
+            save_torch(make_checkpoint(cfg, _plain(model), optimiser, chip, epoch + 1, history,
+                                       signature), path)
         if on_epoch is not None and ranks.main:
             on_epoch(_plain(model), history)
     return _plain(model), history

@@ -62,8 +62,20 @@ def read_split(path, steps, duration, limit=None):
             counts = np.zeros((n, steps, REDUCED), dtype=np.uint8)
             for i in range(n):
                 ti, ui = np.asarray(times[i]), np.asarray(units[i])
-                if ti.shape != ui.shape:
-                    raise DataError(f"{path}: sample {i} has {ti.size} spike times but {ui.size} units")
+                if ti.shape != ui.shape or ti.ndim != 1:
+                    raise DataError(f"{path}: sample {i} has {ti.size} spike times but {ui.size} "
+                                    f"units (one channel per spike time)")
+                if not np.issubdtype(ti.dtype, np.floating) and not np.issubdtype(ti.dtype, np.integer):
+                    raise DataError(f"{path}: sample {i} has spike times of dtype {ti.dtype}; "
+                                    f"they must be real numbers (seconds)")
+                if ti.size and not np.isfinite(ti).all():
+                    raise DataError(f"{path}: sample {i} has NaN or inf spike times")
+                if ti.size and ti.min() < 0:
+                    raise DataError(f"{path}: sample {i} has negative spike times; times are "
+                                    f"seconds from the start of the sample, >= 0")
+                if ui.dtype == np.bool_ or not np.issubdtype(ui.dtype, np.integer):
+                    raise DataError(f"{path}: sample {i} has channels of dtype {ui.dtype}; they "
+                                    f"must be integers 0..{CHANNELS - 1}")
                 if ui.size and (ui.min() < 0 or ui.max() >= CHANNELS):
                     raise DataError(f"{path}: sample {i} has channels outside 0..{CHANNELS - 1}")
                 counts[i] = bin_spikes(ti, ui, steps, duration)
