@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .dynamics import BACKENDS, Recurrence, cuba_lif, li
-from .validation import check_allocation, check_choice, check_finite, check_number, check_tensor
+from .validation import check_allocation, check_choice, check_device, check_finite, check_number, \
+    check_tensor
 from .weights import signed_weight_path, synapses, weight_path
 
 
@@ -72,6 +73,7 @@ class _ChipLayer(nn.Module):
         if T == 0 or B == 0:
             raise ValueError(f"spikes must have T, B >= 1 (time-major [T, B, {n_in}]), got shape "
                              f"{tuple(spikes.shape)}")
+        check_device(f"{self.name}.weight", self.weight)
         if spikes.device != self.weight.device:
             raise ValueError(f"spikes are on {spikes.device} but layer {self.name!r} on "
                              f"{self.weight.device}; move one of them (layer.to(device))")

@@ -176,18 +176,18 @@ class Allocator:
         p = placement
         self._check_fits(p.name, p.n_in, 0, p.circuits_per_neuron)
         flat = [c for group in p.circuits for c in group]
-        if self.strict and max(flat) >= C.NEURON_CIRCUITS:
-            raise PlacementError(f"placement {p.name!r} uses circuit {max(flat)}, beyond the "
-                                 f"{C.NEURON_CIRCUITS} of a strict chip")
-        if self.strict and len(self.used) + len(flat) > C.NEURON_CIRCUITS:
-            raise PlacementError(f"placement {p.name!r} does not fit: a strict chip has "
-                                 f"{C.NEURON_CIRCUITS} circuits")
         taken = self.used.intersection(flat)
         if not taken and len(set(flat)) != len(flat):
             taken = {c for c, n in collections.Counter(flat).items() if n > 1}
         if taken:
             raise PlacementError(f"placement {p.name!r} uses circuit(s) {sorted(taken)[:5]} that "
                                  f"another neuron already uses; placements never share circuits")
+        if self.strict and max(flat) >= C.NEURON_CIRCUITS:
+            raise PlacementError(f"placement {p.name!r} uses circuit {max(flat)}, beyond the "
+                                 f"{C.NEURON_CIRCUITS} of a strict chip")
+        if self.strict and len(self.used) + len(flat) > C.NEURON_CIRCUITS:
+            raise PlacementError(f"placement {p.name!r} does not fit: a strict chip has "
+                                 f"{C.NEURON_CIRCUITS} circuits")
         self.used.update(flat)
 
     def _search_limit(self, need):

@@ -13,6 +13,8 @@ Every reader of checkpoints (resume; later evaluation and export) goes through l
 """
 import math
 import numbers
+import pickle
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -50,7 +52,14 @@ def load_checkpoint(path):
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():          # torch warns about unusual pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: it holds more than tensors "
+                              f"and plain data ({_unpickler_detail(e)}), which is refused unread, "
+                              f"since loading it could run code; remove it or pick another "
+                              f"--out") from None
     except Exception as e:           # whatever the file holds, reading it is one line of error
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
                               f"{_first_line(e)}); remove it or pick another --out") from None
@@ -59,6 +68,14 @@ def load_checkpoint(path):
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return state
+
+
+def _unpickler_detail(error):
+    """The reason torch's weights-only unpickler gives, without its advice to disable it."""
+    text = " ".join(str(error).split())
+    _, _, detail = text.partition("WeightsUnpickler error:")
+    detail = detail.split(" Check the documentation")[0].strip()
+    return (detail[:120] or "unsupported content")
 
 
 def _first_line(error, limit=160):

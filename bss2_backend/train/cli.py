@@ -230,6 +230,9 @@ def _train(args):
     dataset_name = "shd" if args.task == "shd" else ("mnist" if args.data else "digits")
     cfg = _config(args, dataset_name)
     dataset = _load(args, cfg.steps).subset(args.limit_train, args.limit_test)
+    if len(dataset.y_train) < world:
+        raise UserError(f"{len(dataset.y_train)} training sample(s) cannot be split over "
+                        f"{world} ranks; use more samples (--limit-train) or fewer ranks")
     chip = _chip(args)
     log(f"{dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test samples; "
         f"{chip!r}; device {device}; {cfg.epochs} epochs of batch {cfg.batch_size}, T={cfg.steps}")

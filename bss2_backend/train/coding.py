@@ -7,7 +7,7 @@ silent. Spikes are time-major [T, B, pixels].
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_number
+from ..validation import check_allocation, check_finite, check_number, check_tensor, nbytes
 
 
 def latency_code(images, steps, *, t_first=0, t_last=None, cutoff=0.1):
@@ -17,6 +17,12 @@ def latency_code(images, steps, *, t_first=0, t_last=None, cutoff=0.1):
     check_number("t_first", t_first, low=0, high=steps - 1, integer=True)
     check_number("t_last", t_last, low=t_first, high=steps - 1, integer=True)
     check_number("cutoff", cutoff, low=0.0, high=1.0)
+    check_tensor("images", images, finite=False)
+    if images.dim() < 1 or images.shape[0] == 0:
+        raise ValueError(f"images must be a batch [B, ...] with B >= 1, got shape {tuple(images.shape)}")
+    check_allocation(f"latency-coded spikes of {steps} steps for {images.shape[0]} images",
+                     nbytes((steps + 1, images.numel())), images.device)
+    check_finite("images", images)
     x = images.reshape(images.shape[0], -1)
     t = torch.round(t_first + (1.0 - x) * (t_last - t_first)).long()
     t = torch.where(x > cutoff, t, torch.full_like(t, steps))      # silent: index past the end

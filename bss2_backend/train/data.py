@@ -12,6 +12,7 @@ wrong and what is expected.
 import gzip
 import importlib.util
 import os
+import zipfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -133,7 +134,7 @@ def _read_npz(path):
             return {k: np.asarray(f[k]) for k in NPZ_KEYS}
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zlib.error) as e:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e}); pass an .npz with "
                         f"{list(NPZ_KEYS)} or a folder of MNIST IDX files") from None
 

@@ -13,6 +13,7 @@ from snntorch._neurons.neurons import SpikingNeuron
 from torch import nn
 
 from bss2_backend.dynamics import resolve_backend
+from bss2_backend.validation import check_tensor
 from bss2_backend.kernels.snntorch_ops import snntorch_neuron
 from bss2_backend.kernels.snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
     RESET_NONE, RESET_SUB, RESET_ZERO, SURROGATE_IDS, SURROGATE_NONE, NeuronSpec
@@ -148,6 +149,7 @@ def _prologue(module, kind, step_shape, like):
 
 def step(module, input_, states):
     """One snntorch forward call on the fused op; None when snntorch's own code must run."""
+    check_tensor(f"{type(module).__name__} input", input_, floating=False)
     kind = supported_kind(module)
     passed = [k for k, v in states.items() if v is not None]
     for k in passed:
