@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from bss2_backend.cli import Parser, folder_arg, integer
+from bss2_backend.validation import check_environment
 
 from . import registry, results
 
@@ -62,6 +63,7 @@ def main(argv=None):
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        check_environment()
         return cmd_bench(args)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)

@@ -305,9 +305,13 @@ class Chip:
         for name, t in saved:
             drawn = chip._rows if name == "synapse_rows" else getattr(chip._circuits, name)
             where = name if name == "synapse_rows" else f"neurons.{name}"
-            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float64:
-                got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise TypeError(f"chip state: {where} must be a float64 tensor [n], got {got}")
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.float64 \
+                    or t.device.type == "meta" or t.layout != torch.strided:
+                got = (t.dtype, tuple(t.shape), t.device.type, t.layout) \
+                    if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"chip state: {where} must be a dense float64 tensor [n] with "
+                                f"data, got {got}")
+            t = t.cpu()
             # the placements decide how much a chip has drawn: a saved length that differs is a
             # state of another chip (or a tampered one)
             if len(t) != len(drawn) or not torch.equal(drawn, t):

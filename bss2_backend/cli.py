@@ -10,6 +10,7 @@ import torch
 
 from . import __version__
 from . import constants as C
+from .validation import check_environment
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -216,6 +217,11 @@ def main(argv=None):
     except SystemExit as e:             # --help, --version, or a one-line usage error
         return e.code
     name = f"bss2 {args.command}"
+    try:
+        check_environment()
+    except ValueError as e:
+        _say(f"{name}: error: {e}")
+        return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

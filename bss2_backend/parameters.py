@@ -72,6 +72,9 @@ class CircuitParams(NamedTuple):
 
     @classmethod
     def nominal(cls, n, calibration=Calibration(), dtype=torch.float64):
+        check_number("n", n, low=1, integer=True)
+        if not isinstance(calibration, Calibration):
+            raise TypeError(f"calibration must be a bss2_backend.Calibration, got {calibration!r}")
         c = calibration
         vals = (c.leak_lsb, c.reset_lsb, c.threshold_lsb, c.tau_mem_us, c.tau_syn_exc_us,
                 c.tau_syn_inh_us, c.refractory_us)
@@ -125,7 +128,13 @@ class LIFParams(NamedTuple):
     def uniform(cls, n, *, v_leak=0.0, v_reset=0.0, v_th=1.0, a_mem=0.1, a_syn_exc=0.1,
                 a_syn_inh=None, ref_steps=0, dtype=torch.float32, device=None):
         """Identical parameters for all n neurons (handy for tests and the ideal model)."""
+        check_number("n", n, low=1, integer=True)
         a_syn_inh = a_syn_exc if a_syn_inh is None else a_syn_inh
+        for name, value in (("v_leak", v_leak), ("v_reset", v_reset), ("v_th", v_th)):
+            check_number(name, value)
+        for name, value in (("a_mem", a_mem), ("a_syn_exc", a_syn_exc), ("a_syn_inh", a_syn_inh)):
+            check_number(name, value, low=0.0, high=1.0, low_open=True)
+        check_number("ref_steps", ref_steps, low=0, high=MAX_REFRACTORY_STEPS, integer=True)
         f = lambda v: torch.full((n,), float(v), dtype=dtype, device=device)
         return cls(f(v_leak), f(v_reset), f(v_th), f(a_mem), f(a_syn_exc), f(a_syn_inh),
                    torch.full((n,), int(ref_steps), dtype=torch.int32, device=device))

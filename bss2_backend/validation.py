@@ -18,7 +18,19 @@ import torch
 # kernels of a whole forward pass. So on a GPU the per-call value checks are off unless asked for
 # (BSS2_CHECK_VALUES=1, or check_values(True)); shapes, dtypes and devices are always checked, and a
 # Chip's own parameters are valid by construction.
-_value_checks = {"1": True, "0": False}.get(os.environ.get("BSS2_CHECK_VALUES", ""), None)
+_UNSET = object()
+_value_checks = _UNSET       # read from BSS2_CHECK_VALUES on first use (a bad value is an error then)
+
+
+def _policy():
+    global _value_checks
+    if _value_checks is _UNSET:
+        text = os.environ.get("BSS2_CHECK_VALUES", "")
+        if text not in ("", "0", "1"):
+            raise ValueError(f"BSS2_CHECK_VALUES={text!r}: use 1 (value checks on every device), 0 "
+                             f"(off) or leave it unset (on CPU tensors only)")
+        _value_checks = {"1": True, "0": False}.get(text)
+    return _value_checks
 
 
 class TooLargeError(ValueError, MemoryError):
@@ -31,7 +43,7 @@ def check_values(enabled=None):
     global _value_checks
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    previous, _value_checks = _value_checks, enabled
+    previous, _value_checks = _policy(), enabled
     return previous
 
 
@@ -42,7 +54,8 @@ def checks_values(x):
     value check cannot run (it reads the device): asking for one there is an error, not a skip."""
     if torch.compiler.is_compiling() or x.device.type == "meta":
         return False
-    on = x.device.type == "cpu" if _value_checks is None else _value_checks
+    policy = _policy()
+    on = x.device.type == "cpu" if policy is None else policy
     if on and x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         raise RuntimeError("value checks (BSS2_CHECK_VALUES=1 or check_values(True)) read tensors "
                            "on the host and cannot run under CUDA-graph capture; turn them off "
@@ -154,6 +167,15 @@ def memory_limit(device):
         except (ValueError, OSError, AttributeError):
             return None
     return None
+
+
+def check_environment():
+    """Read BSS2_CHECK_VALUES and BSS2_MEMORY_LIMIT now (ValueError naming a bad one), so a
+    command fails at its start rather than deep inside the work."""
+    _policy()
+    env = os.environ.get("BSS2_MEMORY_LIMIT")
+    if env:
+        _parse_bytes(env)
 
 
 def format_bytes(n):

@@ -231,10 +231,17 @@ CASES = [
     ("state duplicate name", lambda: bb.Chip.from_state_dict(damaged_chip_state(_duplicate_name)), ValueError, "appears twice"),
     ("state placements dict", lambda: bb.Chip.from_state_dict(damaged_chip_state(_set(["placements"], {"a": 1}))), TypeError, "placements must be a list"),
     ("state neurons list", lambda: bb.Chip.from_state_dict(damaged_chip_state(_set(["neurons"], [1, 2]))), ValueError, "neurons must be a dict"),
-    ("state neurons float32", lambda: bb.Chip.from_state_dict(damaged_chip_state(lambda s: s["neurons"].__setitem__("leak_lsb", s["neurons"]["leak_lsb"].float()))), TypeError, "neurons.leak_lsb must be a float64 tensor"),
+    ("state neurons float32", lambda: bb.Chip.from_state_dict(damaged_chip_state(lambda s: s["neurons"].__setitem__("leak_lsb", s["neurons"]["leak_lsb"].float()))), TypeError, "neurons.leak_lsb must be a dense float64 tensor"),
     ("state rows tampered", lambda: bb.Chip.from_state_dict(damaged_chip_state(lambda s: s["synapse_rows"].mul_(2))), ValueError, "synapse_rows differs"),
     ("state strict too big", lambda: bb.Chip.from_state_dict(damaged_chip_state(lambda s: s["placements"].append({"name": "big", "n_in": 4, "n_out": 300, "circuits_per_neuron": 1, "circuits": [[600 + i] for i in range(300)]}))), bb.PlacementError, "beyond the 512 of a strict chip"),
+    ("state meta draw", lambda: bb.Chip.from_state_dict(damaged_chip_state(lambda s: s["neurons"].__setitem__("reset_lsb", torch.zeros(512, dtype=torch.float64, device="meta")))), TypeError, "must be a dense float64 tensor"),
+    ("LIFParams.uniform n=-1", lambda: bb.LIFParams.uniform(-1), ValueError, r"n=-1 is out of range; allowed \[1, inf\]"),
+    ("LIFParams.uniform a_mem 0", lambda: bb.LIFParams.uniform(3, a_mem=0.0), ValueError, r"a_mem=0.0 is out of range; allowed \(0.0, 1.0\]"),
+    ("LIFParams.uniform v_th NaN", lambda: bb.LIFParams.uniform(3, v_th=NAN), ValueError, "v_th must be finite"),
+    ("CircuitParams.nominal n=0", lambda: bb.CircuitParams.nominal(0), ValueError, "n=0 is out of range"),
     # --- snntorch integration --------------------------------------------------------------------
+    ("convert chip str", lambda: convert(nn.Sequential(nn.Linear(2, 2), snn.Leaky(0.9)), chip="chip"), TypeError, "chip must be a bss2_backend.Chip or None, got str"),
+    ("convert model str", lambda: convert("model"), TypeError, "model must be a torch.nn.Module"),
     ("convert threshold NaN", lambda: seq(bb.Chip(), threshold=NAN), ValueError, "threshold=nan must be finite in chip mode"),
     ("convert threshold inf", lambda: seq(bb.Chip(), threshold=INF), ValueError, "threshold=inf must be finite in chip mode"),
     ("convert beta NaN", lambda: convert(nn.Sequential(nn.Linear(8, 6), snn.Leaky(NAN, init_hidden=True, output=True)), bb.Chip()), ValueError, "beta=nan must be finite"),
@@ -299,6 +306,27 @@ def test_value_checks_catch_every_silent_case_when_on(case, device):
 
 
 # --- correct results where the input is fine but was mishandled ----------------------------------
+def test_a_refused_convert_leaves_the_model_unconverted():
+    from bss2_backend.integrations.snntorch.neurons import BACKEND
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(2, 2), snn.Leaky(0.9)
+    for model, chip in ((Net(), bb.Chip()), (nn.Sequential(nn.Linear(2, 2), snn.Leaky(0.9)), "chip")):
+        with pytest.raises(TypeError):
+            convert(model, chip)
+        assert not any(type(m) in BACKEND.values() for m in model.modules())
+
+
+def test_a_bad_value_check_setting_is_an_error(monkeypatch):
+    import bss2_backend.validation as v
+    monkeypatch.setattr(v, "_value_checks", v._UNSET)
+    monkeypatch.setenv("BSS2_CHECK_VALUES", "yes")
+    with pytest.raises(ValueError, match="BSS2_CHECK_VALUES='yes': use 1"):
+        bb.li(x(3, 2, 4), params=P4)
+
+
 def test_weight_init_zero_is_zero():
     assert float(lif(4, 3, weight_init=0.0).weight.abs().sum()) == 0.0
     assert float(lif(4, 3).weight.abs().max()) > 0.0        # default gain 1

@@ -171,6 +171,9 @@ def _cases(f):
                                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}, 2,
          "RANK=5 / LOCAL_RANK=0 must lie in [0, WORLD_SIZE=2)"),
         ("LOCAL_RANK word", T + SMALL, {"WORLD_SIZE": "2", "LOCAL_RANK": "x"}, 2, "LOCAL_RANK='x' is not an integer"),
+        ("BSS2_CHECK_VALUES yes", T + SMALL, {"BSS2_CHECK_VALUES": "yes"}, 2, "BSS2_CHECK_VALUES='yes': use 1"),
+        ("BSS2_MEMORY_LIMIT word", T + SMALL, {"BSS2_MEMORY_LIMIT": "lots"}, 2, "BSS2_MEMORY_LIMIT='lots' is not a size"),
+        ("BSS2_MEMORY_LIMIT tiny", T + SMALL, {"BSS2_MEMORY_LIMIT": "1K"}, 2, "more than BSS2_MEMORY_LIMIT (1.0 KiB)"),
         # selfcal
         ("selfcal chip-seed -1", S + ["--chip-seed", "-1"], {}, 2, "argument --chip-seed: -1 is out of range"),
         ("selfcal sigma 1.5", S + ["--sigmas", "1.5"], {}, 2, "sigma_d=1.5 is out of range"),

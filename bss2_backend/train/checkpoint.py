@@ -108,6 +108,7 @@ def validate(state):
     missing = [k for k in SCHEMA if k not in state]
     if missing:
         _fail(f"is missing {missing}")
+    _check_tensors(state, "")
     for key, kind in SCHEMA.items():
         if kind is int and not _is_int(state[key]) or kind is not int and not isinstance(state[key], kind):
             _fail(f"{key} must be {kind.__name__}, got {type(state[key]).__name__}")
@@ -123,6 +124,24 @@ def validate(state):
     except (TypeError, ValueError) as e:
         _fail(f"chip: {_first_line(e)}")
     _check_optimizer_structure(state["optimizer"])
+
+
+def _check_tensors(obj, where, depth=0):
+    """Every tensor anywhere in the checkpoint: a plain dense tensor with data on the CPU (no meta,
+    sparse or quantized tensors, which nothing here writes and later checks could not read)."""
+    if depth > 12:
+        _fail(f"{where or 'the checkpoint'} is nested too deeply")
+    if isinstance(obj, torch.Tensor):
+        if type(obj) is not torch.Tensor and type(obj) is not torch.nn.Parameter:
+            _fail(f"{where} is a {type(obj).__name__}, not a plain tensor")
+        if obj.device.type != "cpu" or obj.layout != torch.strided or obj.is_quantized:
+            _fail(f"{where} must be a dense tensor with data, got {obj.layout} on {obj.device}")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_tensors(v, f"{where}.{k}" if where else str(k), depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_tensors(v, f"{where}[{i}]", depth + 1)
 
 
 def _check_config(config):

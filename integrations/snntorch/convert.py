@@ -50,6 +50,14 @@ def convert(model, chip=None, backend="auto"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice("backend", backend, BACKENDS)
+    if chip is not None:
+        # refused before anything changes: the model is never left half converted by these
+        from bss2_backend.chip import Chip
+        if not isinstance(chip, Chip):
+            raise TypeError(f"chip must be a bss2_backend.Chip or None, got {type(chip).__name__}")
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"chip mode needs an nn.Sequential model (Linear -> neuron layers, run "
+                            f"by forward_pass); got {type(model).__name__}")
     neurons = neurons_of(model)
     if not neurons:
         raise ValueError(f"model ({type(model).__name__}) contains no snntorch neurons; convert "
