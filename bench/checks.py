@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from bss2_backend.weights import chip_weights
 
-from .eager import lif_steps
+from bss2_backend.kernels.chip_lif.naive import chip_lif as naive_lif
 from .registry import make_inputs
 
 TOLERANCES = {
@@ -164,14 +164,15 @@ def _chip_reference(net, chip, x):
         _, r_exc, r_inh = _effective(chip, hidden, hidden.weight_rec, slice(n_in, n_in + n),
                                      device, dtype)
         rec = (r_exc, r_inh)
-    z, _ = lif_steps(x @ exc.t(), x @ inh.t(), lp.params, chip.surrogate, readout=lp.readout,
-                     rec=rec)
+    kind, alpha = chip.surrogate.id, chip.surrogate.alpha
+    z, _ = naive_lif(x @ exc.t(), x @ inh.t(), lp.params, surrogate=kind, alpha=alpha,
+                     readout=lp.readout, recurrence=rec)
     if net.readout is None:
         return z, None
     ro = net.readout
     lp, exc, inh = _effective(chip, ro, ro.weight, slice(0, ro.in_features), device, dtype)
-    _, u = lif_steps(z @ exc.t(), z @ inh.t(), lp.params, chip.surrogate, readout=lp.readout,
-                     spiking=False)
+    _, u = naive_lif(z @ exc.t(), z @ inh.t(), lp.params, surrogate=kind, alpha=alpha,
+                     readout=lp.readout, spiking=False)
     return z, u
 
 

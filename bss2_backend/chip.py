@@ -5,6 +5,8 @@ from typing import NamedTuple
 import torch
 
 from . import constants as C
+from . import dynamics
+from .dynamics import Recurrence, pack
 from .mismatch import Mismatch, draw_circuits, draw_rows
 from .noise import Noise, run_seed
 from .parameters import INTEGRATIONS, Calibration, CircuitParams, LIFParams
@@ -12,7 +14,7 @@ from .placement import Allocator, Placement, PlacementError
 from .readout import ReadoutParams
 from .surrogates import Surrogate, as_surrogate
 from .validation import check_choice, check_number
-from .weights import Saturation
+from .weights import Saturation, input_currents, weight_path
 
 STATE_VERSION = 1
 STATE_KEYS = ("version", "config", "runs", "placements", "neurons", "synapse_rows")
@@ -45,6 +47,16 @@ class LayerParams(NamedTuple):
         return LayerParams(self.params.to(device, dtype), self.nominal.to(device, dtype),
                            self.readout.to(device, dtype), self.gain_exc.to(device, dtype),
                            self.gain_inh.to(device, dtype))
+
+
+def synapse_decays(layer_params):
+    """(alike, nominal_alike): do a layer's excitatory and inhibitory synapses decay alike on the
+    chip and in the nominal model (then one signed input current is exact), and in the nominal
+    model alone (then the inhibitory gradient mirrors the excitatory one)."""
+    lp = layer_params
+    nominal_alike = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
+    alike = nominal_alike and bool(torch.equal(lp.params.a_syn_exc, lp.params.a_syn_inh))
+    return alike, nominal_alike
 
 
 class Chip:
@@ -188,17 +200,21 @@ class Chip:
             self._cache[key] = self._layer_params(placement).to(device, dtype)
         return self._cache[key]
 
-    def synapse_decays(self, placement):
-        """(alike, nominal_alike): do a layer's excitatory and inhibitory synapses decay alike on
-        the chip and in the nominal model (then one signed input current is exact), and in the
-        nominal model alone (then the inhibitory gradient mirrors the excitatory one). Decided once
-        per layer on the host copy, so a forward on a GPU never syncs for it."""
-        key = (placement.name, "decays")
+    def packed(self, placement, device=None, dtype=torch.float32):
+        """The placed layer's parameters as the op takes them (bss2_backend.dynamics.Packed), in
+        compute dtype `dtype`: packed once per layer, device and dtype."""
+        key = (placement.name, "packed", str(device), dtype)
         if key not in self._cache:
             lp = self.layer_params(placement, "cpu", torch.float64)
-            nominal_alike = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
-            alike = nominal_alike and bool(torch.equal(lp.params.a_syn_exc, lp.params.a_syn_inh))
-            self._cache[key] = (alike, nominal_alike)
+            self._cache[key] = pack(lp.params, lp.nominal, lp.readout, dtype, device)
+        return self._cache[key]
+
+    def synapse_decays(self, placement):
+        """(alike, nominal_alike) of a placed layer (see synapse_decays), decided once per layer on
+        the host copy, so a forward on a GPU never syncs for it."""
+        key = (placement.name, "decays")
+        if key not in self._cache:
+            self._cache[key] = synapse_decays(self.layer_params(placement, "cpu", torch.float64))
         return self._cache[key]
 
     def unit_gains(self, placement):
@@ -210,6 +226,33 @@ class Chip:
             lp = self.layer_params(placement, "cpu", torch.float64)
             self._cache[key] = bool((lp.gain_exc == 1).all() and (lp.gain_inh == 1).all())
         return self._cache[key]
+
+    def input_currents(self, placement, spikes, weight, columns, decays=None):
+        """(x_exc, x_inh) of a placed layer for presynaptic spikes [T, B, n] through the synapse
+        columns `columns` of its placement, with float weights [n_out, n] (model units): the
+        chip's 6-bit weight path, fixed-pattern gains and saturation (weights.input_currents).
+        decays: (alike, nominal_alike), default this chip's for the layer."""
+        lp = self.layer_params(placement, weight.device, weight.dtype)
+        return input_currents(spikes, weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
+                              scale=self.weight_scale, quantise=self.quantise,
+                              saturation=self.saturation,
+                              decays=self.synapse_decays(placement) if decays is None else decays,
+                              unit_gains=self.unit_gains(placement))
+
+    def recurrence(self, placement, weight, columns):
+        """Recurrence of a placed layer's recurrent synapses (columns of its placement) for the
+        float weight [n_out, n_out] the gradient sees."""
+        lp = self.layer_params(placement, weight.device, weight.dtype)
+        return Recurrence(*weight_path(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
+                                       self.weight_scale, self.quantise))
+
+    def run(self, packed, readout, decays, x_exc, x_inh=None, *, spiking=True, recurrence=None,
+            backend="auto"):
+        """Run a placed layer's neurons on its input currents with this chip's noise and
+        surrogate; advances the run counter (the noise is new on every run). packed, readout: the
+        layer's (Chip.packed, LayerParams.readout); decays: (alike, nominal_alike)."""
+        cfg = dynamics.config(readout, self.noise.membrane_lsb, self.surrogate, spiking, decays[1])
+        return dynamics.execute(x_exc, x_inh, packed, cfg, self.next_seed(), recurrence, backend)
 
     def _layer_params(self, p):
         circ = p.circuit_matrix()                       # [n_out, k]

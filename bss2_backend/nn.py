@@ -14,23 +14,22 @@ import math
 import torch
 from torch import nn
 
-from .dynamics import BACKENDS, Recurrence, cuba_lif, li
+from .chip import Chip
+from .dynamics import BACKENDS, compute_dtype
 from .validation import check_allocation, check_choice, check_device, check_finite, check_number, \
     check_tensor
-from .weights import signed_weight_path, synapses, weight_path
 
 
 class _ChipLayer(nn.Module):
     """Common to the chip layers. Args: chip; in_features, out_features; name (placement name,
-    default kind + index); circuits_per_neuron (1 or 2, default: as many as the inputs need);
-    weight_init: gain g >= 0 of the uniform init in +-g/sqrt(in_features), model units
-    (threshold 1; default 1); backend: "auto" | "torch" | "triton"."""
+    default kind + the first free index); circuits_per_neuron (1 or 2, default: as many as the
+    inputs need); weight_init: gain g >= 0 of the uniform init in +-g/sqrt(in_features), model
+    units (threshold 1; default 1); backend: "auto" | "torch" | "triton"."""
     kind = "layer"
 
     def __init__(self, chip, in_features, out_features, *, name=None, circuits_per_neuron=None,
                  weight_init=None, backend="auto"):
         super().__init__()
-        from .chip import Chip
         if not isinstance(chip, Chip):
             raise TypeError(f"chip must be a bss2_backend.Chip, got {type(chip).__name__}")
         check_number("in_features", in_features, low=1, integer=True)
@@ -53,18 +52,8 @@ class _ChipLayer(nn.Module):
     def _chip_inputs(self):
         return self.in_features
 
-    def _weights(self, weight, columns, signed=False, name="weight"):
-        """(nominal weight the gradient sees, the chip's effective exc and inh weights, or their
-        difference exc - inh when signed, LayerParams)."""
-        check_tensor(f"{self.name}.{name}", weight, ndim=2)
-        chip = self.chip
-        lp = chip.layer_params(self.placement, weight.device, weight.dtype)
-        gains = (lp.gain_exc[:, columns], lp.gain_inh[:, columns], chip.weight_scale, chip.quantise)
-        if signed:
-            return (*signed_weight_path(weight, *gains, chip.unit_gains(self.placement)), lp)
-        return (*weight_path(weight, *gains), lp)
-
-    def _input_currents(self, spikes):
+    def _check(self, spikes):
+        """The inputs and weights, checked once per call (the op trusts them afterwards)."""
         check_tensor("spikes", spikes, ndim=3, finite=False)
         T, B, n_in = spikes.shape
         if n_in != self.in_features:
@@ -83,15 +72,17 @@ class _ChipLayer(nn.Module):
                          T * B * (n_in * item + 2 * self.out_features * (2 * item + 1)),
                          spikes.device)
         check_finite("spikes", spikes)
-        alike, nominal_alike = self.chip.synapse_decays(self.placement)
-        if alike and self.chip.saturation is None:
-            # one signed current, since only exc - inh matters: one GEMM and the fewest device ops
-            w, signed, lp = self._weights(self.weight, slice(0, self.in_features), signed=True)
-            x, _ = synapses(spikes, w, signed)
-            return x, None, lp
-        w, exc, inh, lp = self._weights(self.weight, slice(0, self.in_features))
-        x_exc, x_inh = synapses(spikes, w, exc, inh, self.chip.saturation, nominal_alike)
-        return x_exc, x_inh, lp
+        for name, p in self.named_parameters(recurse=False):
+            check_tensor(f"{self.name}.{name}", p, ndim=2)
+
+    def _run(self, spikes, spiking, recurrence=None):
+        chip, placement = self.chip, self.placement
+        x_exc, x_inh = chip.input_currents(placement, spikes, self.weight,
+                                           slice(0, self.in_features))
+        packed = chip.packed(placement, spikes.device, compute_dtype(x_exc.dtype))
+        readout = chip.layer_params(placement, "cpu", torch.float64).readout
+        return chip.run(packed, readout, chip.synapse_decays(placement), x_exc, x_inh,
+                        spiking=spiking, recurrence=recurrence, backend=self.backend)
 
     def extra_repr(self):
         p = self.placement
@@ -119,16 +110,12 @@ class LIFLayer(_ChipLayer):
 
     def forward(self, spikes):
         """spikes [T, B, in_features] -> (spikes, read membrane), each [T, B, out_features]."""
-        x_exc, x_inh, lp = self._input_currents(spikes)
+        self._check(spikes)
         recurrence = None
         if self.recurrent:
             cols = slice(self.in_features, self.in_features + self.out_features)
-            w, exc, inh, _ = self._weights(self.weight_rec, cols, name="weight_rec")
-            recurrence = Recurrence(w, exc, inh)
-        return cuba_lif(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
-                        recurrence=recurrence, membrane_noise_lsb=self.chip.noise.membrane_lsb,
-                        seed=self.chip.next_seed(), surrogate=self.chip.surrogate,
-                        backend=self.backend)
+            recurrence = self.chip.recurrence(self.placement, self.weight_rec, cols)
+        return self._run(spikes, True, recurrence)
 
 
 class LILayer(_ChipLayer):
@@ -137,7 +124,5 @@ class LILayer(_ChipLayer):
 
     def forward(self, spikes):
         """spikes [T, B, in_features] -> read membrane [T, B, out_features]."""
-        x_exc, x_inh, lp = self._input_currents(spikes)
-        return li(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
-                  membrane_noise_lsb=self.chip.noise.membrane_lsb, seed=self.chip.next_seed(),
-                  backend=self.backend)
+        self._check(spikes)
+        return self._run(spikes, False)[1]

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from . import constants as C
+from .kernels.chip_lif.reference import code_, read, read_
 from .noise import MAX_NOISE_LSB
 from .validation import check_number, check_tensor
 
@@ -66,10 +67,7 @@ def _check_scalars(noise_lsb, quantise, unit_lsb, zero_lsb, name="ReadoutParams"
 
 def cadc_code(v, offset_lsb, noise=None, unit_lsb=C.MODEL_UNIT_LSB, zero_lsb=C.LEAK_TARGET_LSB):
     """Membrane (model units) -> CADC code (float tensor of integers 0..255)."""
-    x = v * unit_lsb + zero_lsb + offset_lsb
-    if noise is not None:
-        x = x + noise
-    return torch.clamp(torch.floor(x + 0.5), C.CADC_MIN, C.CADC_MAX)
+    return code_(v.clone(), offset_lsb, unit_lsb, zero_lsb, None if noise is None else noise.clone())
 
 
 def code_to_model(code, unit_lsb=C.MODEL_UNIT_LSB, zero_lsb=C.LEAK_TARGET_LSB):
@@ -78,22 +76,11 @@ def code_to_model(code, unit_lsb=C.MODEL_UNIT_LSB, zero_lsb=C.LEAK_TARGET_LSB):
 
 def read_membrane(v, readout, noise=None):
     """What the host sees of membrane `v` through `readout` (noise: pre-scaled LSB tensor or None)."""
-    if not readout.quantise:
-        x = v + readout.offset_lsb * (1.0 / readout.unit_lsb)
-        return x if noise is None else x + noise * (1.0 / readout.unit_lsb)
-    code = cadc_code(v, readout.offset_lsb, noise, readout.unit_lsb, readout.zero_lsb)
-    return code_to_model(code, readout.unit_lsb, readout.zero_lsb)
+    return read(v, readout.offset_lsb, readout.quantise, readout.unit_lsb, readout.zero_lsb, noise)
 
 
 def read_membrane_(v, readout, noise=None, out=None):
     """read_membrane without temporaries: the result goes to `out` (default: overwrite `v`); the
     same operations in the same order. `noise` may be overwritten too."""
-    out = v if out is None else out
-    if not readout.quantise:
-        torch.add(v, readout.offset_lsb * (1.0 / readout.unit_lsb), out=out)
-        return out if noise is None else out.add_(noise.mul_(1.0 / readout.unit_lsb))
-    torch.mul(v, readout.unit_lsb, out=out).add_(readout.zero_lsb).add_(readout.offset_lsb)
-    if noise is not None:
-        out.add_(noise)
-    out.add_(0.5).floor_().clamp_(C.CADC_MIN, C.CADC_MAX)
-    return out.sub_(readout.zero_lsb).mul_(1.0 / readout.unit_lsb)
+    return read_(v, readout.offset_lsb, readout.quantise, readout.unit_lsb, readout.zero_lsb, noise,
+                 out)

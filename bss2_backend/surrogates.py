@@ -10,14 +10,17 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels import surrogate as sg
 from .validation import check_choice, check_number
 
-KINDS = ("superspike", "atan", "sigmoid", "triangular", "straight_through")
+# the chip's surrogates by name -> the kernels' shared surrogate table
+KIND_IDS = {"superspike": sg.SUPERSPIKE, "atan": sg.ATAN, "sigmoid": sg.SIGMOID,
+            "triangular": sg.TRIANGULAR, "straight_through": sg.STRAIGHT_THROUGH}
 
 
 @dataclass(frozen=True)
 class Surrogate:
-    """A surrogate gradient. kind: one of KINDS; alpha: steepness (1/model units).
+    """A surrogate gradient. kind: one of KIND_IDS; alpha: steepness (1/model units).
 
     superspike:       1 / (alpha |u| + 1)^2          (Zenke & Ganguli; the paper's choice, alpha 50)
     atan:             1 / (1 + (pi/2 alpha u)^2) * alpha/2
@@ -29,27 +32,21 @@ class Surrogate:
     alpha: float = 50.0
 
     def __post_init__(self):
-        check_choice("surrogate kind", self.kind, KINDS)
+        check_choice("surrogate kind", self.kind, KIND_IDS)
         check_number("surrogate alpha", self.alpha, low=0.0, low_open=True)
 
     def grad(self, u):
         return self.grad_(u.clone())
 
     def grad_(self, u):
-        """grad(u) written into u (the CPU reverse sweep reuses one buffer per step)."""
-        a = self.alpha
-        if self.kind == "superspike":
-            u.abs_().mul_(a).add_(1.0)
-            return u.mul_(u).reciprocal_()
-        if self.kind == "atan":
-            u.mul_(math.pi / 2 * a)
-            return u.mul_(u).add_(1.0).reciprocal_().mul_(a / 2)
-        if self.kind == "sigmoid":
-            u.mul_(a).sigmoid_()
-            return u.mul_(1.0 - u).mul_(a)
-        if self.kind == "triangular":
-            return u.abs_().mul_(-a).add_(1.0).clamp_(min=0.0).mul_(a)
-        return u.fill_(1.0)
+        """grad(u) written into u where the formula allows (the CPU reverse sweep reuses one
+        buffer per step); use the returned tensor."""
+        return sg.grad_(self.id, self.alpha, u)
+
+    @property
+    def id(self):
+        """This surrogate's id in the kernels' table (kernels.surrogate)."""
+        return KIND_IDS[self.kind]
 
     def primitive(self, u):
         a = self.alpha
@@ -65,10 +62,6 @@ class Surrogate:
         return u.clone()
 
 
-def superspike(alpha=50.0):
-    return Surrogate("superspike", alpha)
-
-
 def as_surrogate(spec):
     """Accept a Surrogate, a kind name, or (kind, alpha)."""
     if isinstance(spec, Surrogate):
@@ -77,4 +70,5 @@ def as_surrogate(spec):
         return Surrogate(spec)
     if isinstance(spec, tuple) and len(spec) == 2:
         return Surrogate(*spec)
-    raise TypeError(f"surrogate must be a Surrogate, a name from {KINDS} or (name, alpha); got {spec!r}")
+    raise TypeError(f"surrogate must be a Surrogate, a name from {sorted(KIND_IDS)} or (name, alpha); "
+                    f"got {spec!r}")

@@ -131,16 +131,6 @@ def check_choice(name, value, choices):
     return value
 
 
-def refuse_double_backward(op):
-    """The in-the-loop rule is a first-order surrogate (a hand-written reverse sweep): there is no
-    gradient of the gradient. Called inside backward, where grad mode is on only for
-    create_graph=True."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{op}: double backward (create_graph=True, higher-order gradients) is "
-                           f"not supported: the in-the-loop gradient is a first-order surrogate; "
-                           f"call backward() / torch.autograd.grad without create_graph=True")
-
-
 # --- sizes ----------------------------------------------------------------------------------------
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -187,7 +177,10 @@ def format_bytes(n):
 
 
 def check_allocation(what, nbytes, device):
-    """Raise TooLargeError when `what` would need more than memory_limit(device) bytes."""
+    """Raise TooLargeError when `what` would need more than memory_limit(device) bytes (not while
+    torch.compile traces: the host's memory is no part of the graph)."""
+    if torch.compiler.is_compiling():
+        return nbytes
     limit = memory_limit(device)
     if limit is not None and nbytes > limit:
         source = "BSS2_MEMORY_LIMIT" if os.environ.get("BSS2_MEMORY_LIMIT") else \

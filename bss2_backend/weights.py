@@ -170,6 +170,21 @@ def signed_weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE,
             signed_chip_weight(weight, gain_exc, gain_inh, scale, quantise))
 
 
+def input_currents(spikes, weight, gain_exc, gain_inh, *, scale, quantise, saturation, decays,
+                   unit_gains=False):
+    """(x_exc, x_inh) [T, B, N_out]: the currents a placed layer's synapse array delivers for
+    presynaptic spikes [T, B, N_in] and float weights [N_out, N_in] (model units). decays:
+    (alike, nominal_alike) of the layer (Chip.synapse_decays). Where the excitatory and
+    inhibitory synapses decay alike only exc - inh matters: one signed current (x_inh None), one
+    GEMM and the fewest device ops."""
+    alike, nominal_alike = decays
+    if alike and saturation is None:
+        w, signed = signed_weight_path(weight, gain_exc, gain_inh, scale, quantise, unit_gains)
+        return synapses(spikes, w, signed)
+    w, exc, inh = weight_path(weight, gain_exc, gain_inh, scale, quantise)
+    return synapses(spikes, w, exc, inh, saturation, nominal_alike)
+
+
 def weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
     """(nominal, exc, inh) of a placed layer: the float weight the gradient sees, clamped where
     the chip clips (so its gradient is zero there, as the chip's), and the chip's effective

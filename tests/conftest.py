@@ -23,6 +23,18 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture
+def poisoned(monkeypatch):
+    """NaN-fill (0xFF for integers) every output buffer the op implementations allocate through
+    kernels.backend.alloc, so an element a kernel forgets to write fails loudly."""
+    from bss2_backend.kernels import backend
+
+    def alloc(shape, dtype, device):
+        t = torch.empty(shape, dtype=dtype, device=device)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(255)
+    monkeypatch.setattr(backend, "alloc", alloc)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

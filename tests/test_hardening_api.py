@@ -57,6 +57,13 @@ def with_nan_weight(net):
     return net
 
 
+def with_nan_weight_layer(device):
+    layer = bb.LIFLayer(bb.Chip(), 4, 3).to(device)
+    with torch.no_grad():
+        layer.weight[0, 0] = NAN
+    return layer
+
+
 def huge_view(n):
     """A [T, B, n] expanded view of ~10^13 elements that occupies no memory."""
     return torch.zeros(1, 1, n).expand(10**5, 10**5, n)
@@ -285,7 +292,7 @@ def test_bad_input_is_a_clear_error(call, error, match):
 SILENT = {
     "1e38 input": lambda d: bb.cuba_lif(x(30, 2, 4, value=1e38, device=d), params=P4.to(d)),
     "NaN input": lambda d: bb.li(x(3, 2, 4, value=NAN, device=d), params=P4.to(d)),
-    "NaN layer weight": lambda d: bb.LIFLayer(bb.Chip(), 4, 3).to(d)._weights(torch.full((3, 4), NAN, device=d), slice(0, 4)),
+    "NaN layer weight": lambda d: with_nan_weight_layer(d)(x(3, 2, 4, device=d)),
     "NaN forward_pass data": lambda d: forward_pass(seq().to(d), 3, x(2, 8, value=NAN, device=d)),
     "NaN quantize": lambda d: bb.quantize(torch.tensor([NAN, 1.0], device=d)),
     "NaN readout offset": lambda d: bb.li(x(3, 2, 4, device=d), params=P4.to(d), readout=bb.ReadoutParams(torch.full((4,), NAN, device=d))),

@@ -22,10 +22,9 @@ from typing import NamedTuple
 
 import torch
 
-from bss2_backend.chip import Chip
+from bss2_backend.chip import Chip, synapse_decays
+from bss2_backend.dynamics import compute_dtype, pack
 from bss2_backend.placement import PlacementError
-from bss2_backend.dynamics import Recurrence, cuba_lif, li
-from bss2_backend.weights import signed_weight_path, synapses, weight_path
 
 from .neurons import supported_kind
 
@@ -71,14 +70,18 @@ class ChipBinding:
             self._cache[key] = lp._replace(params=retarget(lp.params), nominal=retarget(lp.nominal))
         return self._cache[key]
 
+    def packed(self, device, dtype):
+        """The retargeted parameters as the op takes them, packed once per device and dtype."""
+        key = ("packed", str(device), dtype)
+        if key not in self._cache:
+            lp = self.layer_params(device, dtype)
+            self._cache[key] = pack(lp.params, lp.nominal, lp.readout, dtype, device)
+        return self._cache[key]
 
     def synapse_decays(self):
         """As Chip.synapse_decays, for the retargeted time constants; decided once on the host."""
         if "decays" not in self._cache:
-            lp = self.layer_params("cpu", torch.float64)
-            nominal_alike = bool(torch.equal(lp.nominal.a_syn_exc, lp.nominal.a_syn_inh))
-            alike = nominal_alike and bool(torch.equal(lp.params.a_syn_exc, lp.params.a_syn_inh))
-            self._cache["decays"] = (alike, nominal_alike)
+            self._cache["decays"] = synapse_decays(self.layer_params("cpu", torch.float64))
         return self._cache["decays"]
 
 
@@ -206,39 +209,18 @@ def bind(module, linear, where, chip):
     return ChipBinding(chip, placement, mapping, n_in)
 
 
-def _model_weights(binding, weight, columns, lp):
-    """Nominal weight the gradient sees and the chip's effective (exc, inh) weights."""
-    chip = binding.chip
-    return weight_path(weight * binding.mapping.weight_gain, lp.gain_exc[:, columns],
-                       lp.gain_inh[:, columns], chip.weight_scale, chip.quantise)
-
-
 def run_layer(binding, linear, module, spikes):
     """spikes [T, B, n_in] -> (spikes, membrane) [T, B, n_out] in snntorch units, on the chip."""
     T, B, n_in = spikes.shape
     if n_in != binding.n_in:
         raise ValueError(f"layer placed as {binding.placement.name!r} expects {binding.n_in} input "
                          f"features, got {n_in}")
-    chip, m = binding.chip, binding.mapping
-    dtype = spikes.dtype if spikes.dtype == torch.float64 else torch.float32
+    chip, m, placement = binding.chip, binding.mapping, binding.placement
+    dtype = compute_dtype(spikes.dtype)
     spikes = spikes.to(dtype)
-    lp = binding.layer_params(spikes.device, dtype)
-    alike, nominal_alike = binding.synapse_decays()
-    if alike and chip.saturation is None:
-        # one signed current (only exc - inh matters): one GEMM, fewest device ops
-        w, signed = signed_weight_path(linear.weight.to(dtype) * m.weight_gain,
-                                       lp.gain_exc[:, :n_in], lp.gain_inh[:, :n_in],
-                                       chip.weight_scale, chip.quantise,
-                                       chip.unit_gains(binding.placement))
-        x_exc, x_inh = synapses(spikes, w, signed)
-    else:
-        w, exc, inh = _model_weights(binding, linear.weight.to(dtype), slice(0, n_in), lp)
-        x_exc, x_inh = synapses(spikes, w, exc, inh, chip.saturation, nominal_alike)
-    noise = chip.noise.membrane_lsb
-    if m.readout:
-        u = li(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
-               membrane_noise_lsb=noise, seed=chip.next_seed(), backend=module._bss2_backend)
-        return torch.zeros_like(u), u * m.threshold
+    decays = binding.synapse_decays()
+    x_exc, x_inh = chip.input_currents(placement, spikes, linear.weight.to(dtype) * m.weight_gain,
+                                       slice(0, n_in), decays)
     recurrence = None
     if m.recurrent != "none":
         n_out = linear.out_features
@@ -247,9 +229,8 @@ def run_layer(binding, linear, module, spikes):
         else:
             w_rec = torch.diag(torch.as_tensor(module.V, dtype=dtype, device=spikes.device)
                                .expand(n_out))
-        w_rec, exc_r, inh_r = _model_weights(binding, w_rec, slice(n_in, n_in + n_out), lp)
-        recurrence = Recurrence(w_rec, exc_r, inh_r)
-    z, u = cuba_lif(x_exc, x_inh, params=lp.params, nominal=lp.nominal, readout=lp.readout,
-                    recurrence=recurrence, membrane_noise_lsb=noise, seed=chip.next_seed(),
-                    surrogate=chip.surrogate, backend=module._bss2_backend)
+        recurrence = chip.recurrence(placement, w_rec * m.weight_gain, slice(n_in, n_in + n_out))
+    readout = chip.layer_params(placement, "cpu", torch.float64).readout
+    z, u = chip.run(binding.packed(spikes.device, dtype), readout, decays, x_exc, x_inh,
+                    spiking=not m.readout, recurrence=recurrence, backend=module._bss2_backend)
     return z, u * m.threshold

@@ -13,10 +13,10 @@ from snntorch._neurons.neurons import SpikingNeuron
 from torch import nn
 
 from bss2_backend.dynamics import resolve_backend
+from bss2_backend.kernels import surrogate as sg
+from bss2_backend.kernels.snn_neuron import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
+    RESET_NONE, RESET_SUB, RESET_ZERO, SURROGATE_IDS, NeuronSpec, snn_neuron
 from bss2_backend.validation import check_tensor
-from bss2_backend.kernels.snntorch_ops import snntorch_neuron
-from bss2_backend.kernels.snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
-    RESET_NONE, RESET_SUB, RESET_ZERO, SURROGATE_IDS, SURROGATE_NONE, NeuronSpec
 
 from .neurons import supported_kind
 from .notices import notice_once
@@ -33,7 +33,7 @@ SURROGATE_PARAM = {"atan": "alpha", "fast_sigmoid": "slope", "sigmoid": "slope",
 def surrogate_of(fn):
     """(SURROGATE_* id, parameter) of an snntorch surrogate closure, None for any other callable."""
     if fn is SpikingNeuron._surrogate_bypass:
-        return SURROGATE_NONE, 0.0
+        return sg.ZERO, 0.0
     qual = getattr(fn, "__qualname__", "")
     if getattr(fn, "__module__", None) != snntorch.surrogate.__name__ or \
             not qual.endswith(".<locals>.inner"):
@@ -122,9 +122,9 @@ def _run(module, kind, spec, x, states, backend):
     elif spec.rec == REC_EXTERNAL:
         rec["r"] = module.recurrent(states["spk"]).unsqueeze(0)
     s0 = states.get("spk") if spec.rec in (REC_ONE_TO_ONE, REC_DENSE) else None
-    return snntorch_neuron(spec, x, states["mem"], states.get("syn"), s0, beta=beta, alpha=alpha,
-                           theta=module.threshold, g=module.graded_spikes_factor, backend=backend,
-                           **rec)
+    return snn_neuron(spec, x, states["mem"], states.get("syn"), s0, beta=beta, alpha=alpha,
+                      theta=module.threshold, g=module.graded_spikes_factor,
+                      impl=resolve_backend(backend, x.device), **rec)
 
 
 def _dense_by_steps(module, kind, x, current):

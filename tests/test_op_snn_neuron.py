@@ -1,28 +1,29 @@
-"""The snntorch neuron kernels against their twin: values and gradients, NaN-poisoned outputs.
-Without a GPU the kernels run in the Triton interpreter (tests/conftest.py), so shapes stay small."""
+"""The snntorch neuron op (kernels/snn_neuron) three ways: naive (step-by-step autograd),
+reference (the hand-written twin, impl "torch") and fused (Triton): values and gradients with
+NaN-poisoned outputs; then the op as registered (opcheck, torch.compile) and through the snntorch
+integration. Without a GPU the kernels run in the Triton interpreter (tests/conftest.py), so
+shapes stay small."""
 import os
 
 import pytest
 import torch
 
-from bss2_backend.kernels.snntorch_ops import snntorch_neuron
-from bss2_backend.kernels.snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
-    RESET_NONE, RESET_SUB, RESET_ZERO, NeuronSpec
+import bss2_backend.kernels.snn_neuron as op
+from bss2_backend.kernels import surrogate as sg
+from bss2_backend.kernels.op import flatten
+from bss2_backend.kernels.snn_neuron import REC_DENSE, REC_EXTERNAL, REC_NONE, REC_ONE_TO_ONE, \
+    RESET_NONE, RESET_SUB, RESET_ZERO, NeuronSpec, naive, snn_neuron
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs CUDA or the Triton interpreter")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VALUE_TOL = dict(rtol=1e-5, atol=1e-5)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-4)
-SURROGATE_PARAM = {0: 0.0, 1: 2.0, 2: 5.0, 3: 5.0, 4: 0.0, 5: 0.7}
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the kernel launchers allocate starts as NaN."""
-    from bss2_backend.kernels import utils
-    monkeypatch.setattr(utils, "alloc", lambda shape, dtype, device:
-                        torch.full(shape, float("nan"), dtype=dtype, device=device))
+# snntorch's surrogates (kernels.surrogate ids) and a parameter for each
+SURROGATES = (sg.ZERO, sg.ATAN, sg.SUPERSPIKE, sg.SNNTORCH_SIGMOID, sg.STRAIGHT_THROUGH,
+              sg.SNNTORCH_TRIANGULAR)
+SURROGATE_PARAM = {sg.ZERO: 0.0, sg.ATAN: 2.0, sg.SUPERSPIKE: 5.0, sg.SNNTORCH_SIGMOID: 5.0,
+                   sg.STRAIGHT_THROUGH: 0.0, sg.SNNTORCH_TRIANGULAR: 0.7}
 
 
 def _inputs(spec, T, S, seed):
@@ -44,27 +45,30 @@ def _inputs(spec, T, S, seed):
         bias=rnd(n) if spec.rec == REC_DENSE else None)
 
 
-def _run(spec, backend, T, S, seed=0):
+def _run(spec, form, T, S, seed=0):
     kw = _inputs(spec, T, S, seed)
     x, u0, i0, s0 = kw.pop("x"), kw.pop("u0"), kw.pop("i0"), kw.pop("s0")
-    spk, syn, mem = snntorch_neuron(spec, x, u0, i0, s0, backend=backend, **kw)
+    if form == "naive":
+        spk, syn, mem = naive.snn_neuron(spec, x, u0, i0, s0, **kw)
+    else:
+        spk, syn, mem = snn_neuron(spec, x, u0, i0, s0, impl=form, **kw)
     gen = torch.Generator().manual_seed(seed + 1)
     cot = lambda t: torch.randn(t.shape, generator=gen).to(DEVICE)
     loss = (spk * cot(spk)).sum() + (mem * cot(mem)).sum()
     if syn is not None:
         loss = loss + (syn * cot(syn)).sum()
     leaves = [t for t in (x, u0, i0, s0, *kw.values()) if t is not None]
-    return (spk, syn, mem), torch.autograd.grad(loss, leaves)
+    return (spk, syn, mem), torch.autograd.grad(loss + 0.0 * sum(t.sum() for t in leaves), leaves)
 
 
 def _spec(synaptic, rec, reset, delay, late, surrogate):
+    kind = SURROGATES[surrogate]
     return NeuronSpec(synaptic=synaptic, rec=rec, reset=reset,
                       zero_before_decay=not synaptic and rec == REC_NONE, delay=delay,
-                      late_reset=late, surrogate=surrogate,
-                      surrogate_param=SURROGATE_PARAM[surrogate])
+                      late_reset=late, surrogate=kind, surrogate_param=SURROGATE_PARAM[kind])
 
 
-CASES = [  # (synaptic, rec, reset, delay, late_reset, surrogate), T, step shape
+CASES = [  # (synaptic, rec, reset, delay, late_reset, surrogate index), T, step shape
     ((False, REC_NONE, RESET_SUB, True, RESET_SUB, 1), 5, (7, 6)),
     ((False, REC_NONE, RESET_ZERO, False, RESET_ZERO, 2), 4, (3, 5)),
     ((False, REC_NONE, RESET_NONE, False, RESET_SUB, 3), 1, (1,)),
@@ -80,37 +84,43 @@ CASES = [  # (synaptic, rec, reset, delay, late_reset, surrogate), T, step shape
 ]
 
 
-# snntorch's sigmoid surrogate overflows exp() for u < -88/slope; both sides follow its formula
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.parametrize("case,T,S", CASES)
-def test_kernel_matches_twin(case, T, S, poisoned):
-    spec = _spec(*case)
-    (out_t, grads_t), (out_k, grads_k) = _run(spec, "torch", T, S), _run(spec, "triton", T, S)
-    for a, b in zip(out_t, out_k):
+def _compare(spec, ref, other):
+    (out_a, grads_a), (out_b, grads_b) = ref, other
+    for a, b in zip(out_a, out_b):
         if a is None:
             assert b is None
             continue
         assert not torch.isnan(b).any()
-        if spec.rec == REC_DENSE:   # tl.dot sums in another order than F.linear
+        if spec.rec == REC_DENSE:   # tl.dot and F.linear sum in other orders
             torch.testing.assert_close(b, a, **VALUE_TOL)
         else:
             assert torch.equal(a, b)
-    for a, b in zip(grads_t, grads_k):
+    for a, b in zip(grads_a, grads_b):
         assert not torch.isnan(b).any()
         torch.testing.assert_close(b, a, **GRAD_TOL)
+
+
+# snntorch's sigmoid surrogate overflows exp() for u < -88/slope; every form follows its formula
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("case,T,S", CASES)
+def test_three_ways(case, T, S, poisoned):
+    spec = _spec(*case)
+    ref = _run(spec, "torch", T, S)
+    _compare(spec, ref, _run(spec, "triton", T, S))
+    _compare(spec, ref, _run(spec, "naive", T, S))
 
 
 def test_bad_arguments():
     spec = NeuronSpec()
     x = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match="u0 must have the shape"):
-        snntorch_neuron(spec, x, torch.zeros(2, 5), beta=0.9, theta=1.0, g=1.0)
+        snn_neuron(spec, x, torch.zeros(2, 5), beta=0.9, theta=1.0, g=1.0)
     with pytest.raises(ValueError, match="T >= 1"):
-        snntorch_neuron(spec, x[:0], torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
+        snn_neuron(spec, x[:0], torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
     with pytest.raises(ValueError, match="beta of shape"):
-        snntorch_neuron(spec, x, torch.zeros(2, 4), beta=torch.ones(3), theta=1.0, g=1.0)
+        snn_neuron(spec, x, torch.zeros(2, 4), beta=torch.ones(3), theta=1.0, g=1.0)
     with pytest.raises(TypeError, match="float32 or float64"):
-        snntorch_neuron(spec, x.half(), torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
+        snn_neuron(spec, x.half(), torch.zeros(2, 4), beta=0.9, theta=1.0, g=1.0)
 
 
 @pytest.mark.parametrize("dense_max", [128, 4])   # 4: the recurrent GEMM runs step by step
@@ -140,32 +150,60 @@ def test_forward_pass_on_the_triton_backend_matches_snntorch(poisoned, monkeypat
         torch.testing.assert_close(q.grad.cpu(), p.grad, **GRAD_TOL)
 
 
-def _op_args(spec, backend, T=3, S=(2, 5)):
-    from bss2_backend.kernels import snntorch_ops
+def _op_args(spec, impl, T=3, S=(2, 5)):
     kw = _inputs(spec, T, S, 7)
-    flags = [int(spec.synaptic), spec.rec, spec.reset, int(spec.zero_before_decay), int(spec.delay),
-             spec.late_reset, spec.surrogate]
     expand = lambda t: None if t is None else t.detach().expand(S).contiguous().requires_grad_()
     args = (kw["x"], kw["u0"], kw["i0"], kw["s0"], expand(kw["beta"]), expand(kw["alpha"]),
             expand(kw["theta"]), expand(kw["g"]), kw["r"], expand(kw["v"]), kw["w"], kw["bias"],
-            flags, float(spec.surrogate_param), backend)
-    return snntorch_ops._fwd_op, args
+            *flatten(spec), impl)
+    return op.OP.fwd, args
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("case", [CASES[1][0], CASES[8][0], CASES[9][0]])
-def test_op_passes_opcheck(backend, case):
-    op, args = _op_args(_spec(*case), backend)
-    torch.library.opcheck(op, args)
+def test_op_passes_opcheck(impl, case):
+    fwd, args = _op_args(_spec(*case), impl)
+    torch.library.opcheck(fwd, args)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_backward_op_passes_opcheck(impl):
+    spec = _spec(*CASES[8][0])._replace(need_beta=True, need_alpha=True, need_theta=True,
+                                        need_g=True)
+    fwd, args = _op_args(spec, impl)
+    spk, syn, mem, pre = fwd(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias = (
+        None if a is None else a.detach() for a in args[:12])
+    cot = torch.randn_like(mem)
+    torch.library.opcheck(op.OP.bwd, (spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w,
+                                      cot, cot, cot, *flatten(spec), impl))
 
 
 def test_op_compiles_fullgraph():
     spec = _spec(*CASES[3][0])
-    op, args = _op_args(spec, "torch")
-    eager = op(*args)
-    compiled = torch.compile(lambda *a: op(*a), backend="aot_eager", fullgraph=True)(*args)
+    fwd, args = _op_args(spec, "torch")
+    eager = fwd(*args)
+    compiled = torch.compile(lambda *a: fwd(*a), backend="aot_eager", fullgraph=True)(*args)
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
+
+
+def test_entry_point_compiles_fullgraph_with_gradients():
+    torch._dynamo.reset()
+    spec = _spec(*CASES[8][0])
+
+    def f(x, u0, i0, s0, beta, alpha, theta, g, v):
+        spk, syn, mem = snn_neuron(spec, x, u0, i0, s0, beta=beta, alpha=alpha, theta=theta, g=g,
+                                   v=v, impl="torch")
+        return (spk * 0.5 + mem).sum() + syn.sum()
+    kw = _inputs(spec, 4, (3, 5), 3)
+    args = [kw[k] for k in ("x", "u0", "i0", "s0", "beta", "alpha", "theta", "g", "v")]
+    results = []
+    for fn in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        loss = fn(*args)
+        results.append((loss.detach(), *torch.autograd.grad(loss, args)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, **GRAD_TOL)
 
 
 def test_single_steps_on_the_triton_backend_match_snntorch(poisoned):
@@ -195,7 +233,8 @@ AOT_CODE = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from bss2_backend.kernels import snntorch_neurons as k
+from bss2_backend.kernels.snn_neuron import triton as k
+from bss2_backend.kernels import surrogate as sg
 f = "*fp32"
 def build(fn, cx):
     sig = {n: ("i32" if n in ("T", "M", "N") else "fp32" if n == "surrogate_param" else f)
@@ -204,14 +243,16 @@ def build(fn, cx):
     ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
                         options={"num_warps": 4, "enable_fp_fusion": False})
     assert ck.metadata.shared <= 227 * 1024, (fn.__name__, ck.metadata.shared)
-for syn, rec, reset, delay, late, sur in ((False, 0, 1, True, 1, 1), (True, 1, 0, False, 0, 2),
-                                          (False, 2, 1, False, 1, 3), (True, 3, 0, True, 0, 4),
-                                          (False, 3, 2, False, 0, 5)):
+for syn, rec, reset, delay, late, sur in ((False, 0, 1, True, 1, sg.ATAN),
+                                          (True, 1, 0, False, 0, sg.SUPERSPIKE),
+                                          (False, 2, 1, False, 1, sg.SNNTORCH_SIGMOID),
+                                          (True, 3, 0, True, 0, sg.STRAIGHT_THROUGH),
+                                          (False, 3, 2, False, 0, sg.SNNTORCH_TRIANGULAR)):
     bb, bn = (16, 128) if rec == 3 else (4, 256)
     flags = dict(SYNAPTIC=syn, REC=rec, RESET=reset, ZERO_PRE=reset == 1 and not syn and rec == 0,
                  DELAY=delay, LATE_RESET=late, BB=bb, BN=bn)
-    build(k.snntorch_neuron_fwd_kernel, flags)
-    build(k.snntorch_neuron_bwd_kernel, dict(flags, SURROGATE=sur, HAS_GSPK=True, HAS_GSYN=syn,
+    build(k.snn_neuron_fwd_kernel, flags)
+    build(k.snn_neuron_bwd_kernel, dict(flags, SURROGATE=sur, HAS_GSPK=True, HAS_GSYN=syn,
           HAS_GMEM=True, NEED_BETA=True, NEED_ALPHA=syn, NEED_THETA=True, NEED_G=True))
 print("compiled")
 """

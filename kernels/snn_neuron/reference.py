@@ -1,8 +1,8 @@
-"""snntorch's neuron updates over all time steps in plain PyTorch: the twin of snntorch_neurons.py.
+"""snntorch's neuron updates over all time steps in plain PyTorch: the twin of triton.py.
 
-The forward repeats snntorch 1.0's arithmetic op for op (../shared/notes/snntorch-1.0-semantics.md
-section 1.4), so spikes and membranes are bit-identical to stock snntorch given the same input
-currents. The backward is one hand-written reverse sweep equal to what autograd computes through
+The forward repeats snntorch 1.0's arithmetic op for op, in its order (the update below, with the
+reset signal R taken from the previous membrane before the decay), so spikes and membranes are
+bit-identical to stock snntorch given the same input currents. The backward is one hand-written reverse sweep equal to what autograd computes through
 snntorch's graph (reset signal detached, clamp masks applied by the caller).
 
 Per step (U, I, S: previous membrane, synaptic current, spikes; b, a: clamped beta, alpha;
@@ -14,33 +14,10 @@ th: threshold; g: graded spike factor; r: recurrent input):
     S  = H(U' - th) g
     reset_delay=False:  D = S / g - R;  subtract U'' = U' - D th | zero U'' = U' - D U'
 """
-import math
-
 import torch
 
-from .snntorch_spec import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, RESET_NONE, RESET_SUB, \
-    RESET_ZERO, SURROGATE_ATAN, SURROGATE_FAST_SIGMOID, SURROGATE_NONE, \
-    SURROGATE_SIGMOID, SURROGATE_STE, SURROGATE_TRIANGULAR
-
-
-def surrogate_grad(kind, p, u):
-    """d spike / d u of snntorch's surrogates at u = U' - th (u may be overwritten)."""
-    if kind == SURROGATE_ATAN:
-        z = u.mul_(math.pi / 2 * p)
-        return z.mul_(z).add_(1).reciprocal_().mul_(p / 2)
-    if kind == SURROGATE_FAST_SIGMOID:
-        d = u.abs_().mul_(p).add_(1.0)
-        return d.mul_(d).reciprocal_()
-    if kind == SURROGATE_SIGMOID:
-        e = torch.exp(-p * u)
-        return p * e / (e + 1) ** 2
-    if kind == SURROGATE_STE:
-        return torch.ones_like(u)
-    if kind == SURROGATE_TRIANGULAR:
-        return torch.where(u >= 0, -p, p).to(u.dtype)
-    if kind == SURROGATE_NONE:
-        return torch.zeros_like(u)
-    raise ValueError(f"unknown surrogate id {kind}")
+from .. import surrogate as sg
+from . import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, RESET_NONE, RESET_SUB, RESET_ZERO
 
 
 def _recurrent(spec, s, v, w, bias):
@@ -51,7 +28,7 @@ def _recurrent(spec, s, v, w, bias):
     return None
 
 
-def neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, bias=None):
+def forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, bias=None):
     """Forward over T steps without autograd. x, r: [T, *S]; states and parameters: [*S] (parameters
     broadcast to the step shape S). Returns (spk, syn, mem, pre) [T, *S]; syn is None unless
     synaptic, pre (the membrane before the same-step reset) is None unless reset_delay=False.
@@ -101,11 +78,12 @@ def neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=Non
     return spk, syn, mem, pre
 
 
-def neuron_bwd(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
-               v=None, w=None, need=(False, False, False, False)):
-    """Reverse sweep. g_*: cotangents of the outputs ([T, *S] or None). need: which of (beta, alpha,
-    theta, g) want a gradient. Returns (g_x [T, *S], g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta,
+def backward(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
+             v=None, w=None):
+    """Reverse sweep. g_*: cotangents of the outputs ([T, *S] or None); spec.need_* say which of
+    (beta, alpha, theta, g) want a gradient. Returns (g_x [T, *S], g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta,
     g_g), the parameter gradients per element of the step shape (summed over time)."""
+    need = (spec.need_beta, spec.need_alpha, spec.need_theta, spec.need_g)
     spikes_carry = spec.rec in (REC_ONE_TO_ONE, REC_DENSE) or \
         (not spec.delay and spec.late_reset != RESET_NONE)
     if spikes_carry:
@@ -134,7 +112,7 @@ def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alph
     # the spike's contribution to d/dU' of every step: g_spk g surrogate(U' - th)
     g_fire = None
     if g_spk is not None:
-        g_fire = surrogate_grad(spec.surrogate, spec.surrogate_param, u1 - theta).mul_(g).mul_(g_spk)
+        g_fire = sg.grad_(spec.surrogate, spec.surrogate_param, u1 - theta).mul_(g).mul_(g_spk)
     keep_u1 = need[2] and spec.reset == RESET_SUB or need[0] and (zero_pre or spec.synaptic)
     g_u1 = torch.empty_like(mem) if keep_u1 else None
     g_x = torch.empty_like(mem)
@@ -208,10 +186,10 @@ def _bwd_stepwise(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, bet
         gH = gS * g
         if acc[3] is not None:
             acc[3] += gS * H
-        sg = gH * surrogate_grad(spec.surrogate, spec.surrogate_param, U1 - theta)
-        gU = gU + sg
+        g_sur = gH * sg.grad_(spec.surrogate, spec.surrogate_param, U1 - theta)
+        gU = gU + g_sur
         if acc[2] is not None:
-            acc[2] -= sg
+            acc[2] -= g_sur
         if spec.reset == RESET_SUB and acc[2] is not None:
             acc[2] -= gU * R
         zero_pre = spec.reset == RESET_ZERO and spec.zero_before_decay and not spec.synaptic

@@ -1,42 +1,13 @@
-"""Fused CUBA-LIF of the chip: every time step in one launch, forward and in-the-loop backward.
-
-Matches bss2_backend.dynamics.lif_forward / lif_backward operation by operation (the derivation,
-memory layout, grid and noise scheme are in kernels/README.md).
+"""The chip LIF op as two fused Triton kernels: every time step in one forward launch and one
+reverse-time backward launch. Matches reference.py operation by operation (derivation, memory
+layout, grid and noise scheme: kernels/README.md).
 """
-import weakref
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from bss2_backend.surrogates import KINDS
-from bss2_backend.validation import refuse_double_backward
-
-from . import utils
-
-# Rows of the packed float parameter tensors the kernels read ([6, N] chip, [4, N] nominal).
-PARAM_ROWS = ("v_leak", "v_reset", "v_th", "a_mem", "a_syn_exc", "a_syn_inh")
-NOMINAL_ROWS = ("v_th", "a_mem", "a_syn_exc", "a_syn_inh")
-
-
-@triton.jit
-def surrogate_grad(x, alpha, KIND: tl.constexpr):
-    """d z / d u of bss2_backend.surrogates for kind index KIND (order of surrogates.KINDS)."""
-    if KIND == 0:
-        d = alpha * tl.abs(x) + 1.0
-        r = 1.0 / (d * d)
-    elif KIND == 1:
-        y = (alpha * 1.5707963267948966) * x
-        r = (alpha * 0.5) / (1.0 + y * y)
-    elif KIND == 2:
-        s = tl.sigmoid(alpha * x)
-        r = alpha * s * (1.0 - s)
-    elif KIND == 3:
-        r = alpha * tl.maximum(1.0 - alpha * tl.abs(x), 0.0)
-    else:
-        r = tl.full(x.shape, 1.0, x.dtype)
-    return r
+from .. import backend
+from ..surrogate.triton import surrogate_grad
 
 
 @triton.jit
@@ -50,7 +21,7 @@ def _tile(B, N, BB: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def cuba_lif_fwd_kernel(
+def chip_lif_fwd_kernel(
     x_exc, x_inh, par, ref_steps, offset, w_exc_t, w_inh_t,
     z, u, free,
     seed, sigma_mem, sigma_read, unit, zero, inv_unit,
@@ -147,7 +118,7 @@ def cuba_lif_fwd_kernel(
 
 
 @triton.jit
-def cuba_lif_bwd_kernel(
+def chip_lif_bwd_kernel(
     g_z, g_u, z, u, free, nom, w,
     g_exc, g_inh,
     alpha, T, B, N,
@@ -235,23 +206,19 @@ def cuba_lif_bwd_kernel(
         b_li = b_keep_i * b_li - b_amem * b_g
 
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _blocks(B, N, recurrent):
     """(BB, BN, BK, num_warps), or None to autotune. Recurrent: one program owns a batch tile and
     all N (tl.dot needs tiles >= 16). Feed-forward: independent neurons; on a GPU the tile is
     autotuned per (B, N) over FF_CONFIGS (occupancy against latency hiding), in the interpreter it
     is as wide as possible, since the interpreter's cost grows with the number of programs."""
     if recurrent:
-        bn = max(16, utils.next_pow2(N))
+        bn = max(16, backend.next_pow2(N))
         bk = max(16, min(bn, 8192 // bn))
         return 16, bn, bk, 4 if bn <= 128 else (8 if bn <= 512 else 16)
-    if not utils.interpreting():
+    if not backend.interpreting():
         return None
-    bn = min(utils.next_pow2(N), 128)
-    bb = min(utils.next_pow2(B), max(1, (1 << 14) // bn))
+    bn = min(backend.next_pow2(N), 128)
+    bb = min(backend.next_pow2(B), max(1, (1 << 14) // bn))
     return bb, bn, 16, 4
 
 
@@ -269,7 +236,7 @@ def _autotuned(kernel, key):
 def _dot_precision(dtype):
     """fp32 tl.dot: IEEE in the interpreter (bit-equal to the twin); tf32x3 on a GPU (tensor
     cores, error ~2^-22 relative: exact for spikes times weights with <= 22 significant bits)."""
-    return "ieee" if utils.interpreting() or dtype == torch.float64 else "tf32x3"
+    return "ieee" if backend.interpreting() or dtype == torch.float64 else "tf32x3"
 
 
 def _stages(recurrent):
@@ -282,25 +249,26 @@ def _grid(B, N, bb, bn):
     return (triton.cdiv(N, bn), triton.cdiv(B, bb))
 
 
-def cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_noise_lsb,
-                 readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking):
+def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
+    """Same contract as reference.forward (inputs contiguous)."""
     T, B, N = x_exc.shape
-    dt = par.dtype
+    cdtype = par.dtype
+    spiking, unit = config.spiking, config.unit_lsb
     recurrent = w_exc is not None
-    z = utils.alloc((T, B, N), dt, x_exc.device)
-    u = utils.alloc((T, B, N), dt, x_exc.device)
-    free = utils.alloc((T, B, N) if spiking else (0,), torch.uint8, x_exc.device)
+    z = backend.alloc((T, B, N), cdtype, x_exc.device)
+    u = backend.alloc((T, B, N), cdtype, x_exc.device)
+    free = backend.alloc((T, B, N) if spiking else (0,), torch.uint8, x_exc.device)
     # W^T so that tiles of z[t-1] @ W^T read contiguous rows
-    w_exc_t = w_exc.t().contiguous() if recurrent else par
-    w_inh_t = w_inh.t().contiguous() if recurrent else par
-    _launch(cuba_lif_fwd_kernel, B, N, recurrent,
-            (x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps, offset, w_exc_t,
-             w_inh_t, z, u, free if spiking else z,
-             seed, membrane_noise_lsb / unit_lsb, readout_noise_lsb, unit_lsb, zero_lsb,
-             1.0 / unit_lsb, T, B, N),
-            dict(HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking, QUANTISE=quantise,
-                 MEM_NOISE=membrane_noise_lsb > 0, READ_NOISE=readout_noise_lsb > 0,
-                 PRECISION=_dot_precision(dt)))
+    w_exc_t = w_exc.to(cdtype).t().contiguous() if recurrent else par
+    w_inh_t = w_inh.to(cdtype).t().contiguous() if recurrent else par
+    _launch(chip_lif_fwd_kernel, B, N, recurrent,
+            (x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps,
+             offset.to(cdtype).contiguous(), w_exc_t, w_inh_t, z, u, free if spiking else z,
+             seed, config.membrane_noise_lsb / unit, config.readout_noise_lsb, unit,
+             config.zero_lsb, 1.0 / unit, T, B, N),
+            dict(HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking,
+                 QUANTISE=config.quantise, MEM_NOISE=config.membrane_noise_lsb > 0,
+                 READ_NOISE=config.readout_noise_lsb > 0, PRECISION=_dot_precision(cdtype)))
     return z, u, free
 
 
@@ -317,201 +285,27 @@ def _launch(kernel, B, N, recurrent, args, constexprs):
                                 num_stages=_stages(recurrent), enable_fp_fusion=False)
 
 
-def cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
+def backward(config, g_z, g_u, z, u, free, nom, w):
+    """Same contract as reference.backward; the inhibitory gradient is always computed."""
     T, B, N = u.shape
-    dt = u.dtype
+    cdtype = u.dtype
+    spiking, has_inh = config.spiking, config.has_inh
     recurrent = w is not None
     if recurrent:
-        w = w.to(dt).contiguous()
-    g_exc = utils.alloc((T, B, N), dt, u.device)
-    g_inh = utils.alloc((T, B, N) if has_inh else (0,), dt, u.device)
-    _launch(cuba_lif_bwd_kernel, B, N, recurrent,
-            (g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
-             free if spiking else z, nom, w if recurrent else nom,
-             g_exc, g_inh if has_inh else g_exc, alpha, T, B, N),
-            dict(HAS_GZ=g_z is not None and spiking, HAS_GU=g_u is not None, HAS_INH=has_inh,
-                 HAS_REC=recurrent, SPIKING=spiking, KIND=KINDS.index(kind),
-                 PRECISION=_dot_precision(dt)))
-    return g_exc, g_inh
-
-
-_TUNED = {cuba_lif_fwd_kernel: _autotuned(cuba_lif_fwd_kernel, ["SPIKING", "HAS_INH", "MEM_NOISE"]),
-          cuba_lif_bwd_kernel: _autotuned(cuba_lif_bwd_kernel, ["SPIKING", "HAS_INH", "HAS_GZ"])}
-
-
-def _fwd_impl(x_exc: torch.Tensor, x_inh: Optional[torch.Tensor], par: torch.Tensor,
-            ref_steps: torch.Tensor, offset: torch.Tensor, nom: torch.Tensor,
-            w_rec: Optional[torch.Tensor], w_exc: Optional[torch.Tensor],
-            w_inh: Optional[torch.Tensor], membrane_noise_lsb: float, readout_noise_lsb: float,
-            quantise: bool, unit_lsb: float, zero_lsb: float, seed: int, spiking: bool,
-            kind: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return cuba_lif_fwd(x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, membrane_noise_lsb,
-                        readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking)
-
-
-_fwd_op = torch.library.custom_op("bss2::cuba_lif_fwd", mutates_args=())(_fwd_impl)
-
-
-@_fwd_op.register_fake
-def _(x_exc, x_inh, par, ref_steps, offset, nom, w_rec, w_exc, w_inh, membrane_noise_lsb,
-      readout_noise_lsb, quantise, unit_lsb, zero_lsb, seed, spiking, kind, alpha):
-    shape = x_exc.shape
-    free = x_exc.new_empty(shape if spiking else (0,), dtype=torch.uint8)
-    return x_exc.new_empty(shape, dtype=par.dtype), x_exc.new_empty(shape, dtype=par.dtype), free
-
-
-def _bwd_impl(g_z: Optional[torch.Tensor], g_u: Optional[torch.Tensor], z: torch.Tensor,
-            u: torch.Tensor, free: torch.Tensor, nom: torch.Tensor, w: Optional[torch.Tensor],
-            has_inh: bool, spiking: bool, kind: str, alpha: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    g_z = None if g_z is None else g_z.contiguous()
+        w = w.to(cdtype).contiguous()
+    g_z = None if g_z is None or not spiking else g_z.contiguous()
     g_u = None if g_u is None else g_u.contiguous()
-    return cuba_lif_bwd(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha)
+    g_exc = backend.alloc((T, B, N), cdtype, u.device)
+    g_inh = backend.alloc((T, B, N) if has_inh else (0,), cdtype, u.device)
+    _launch(chip_lif_bwd_kernel, B, N, recurrent,
+            (g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
+             free if spiking else z, nom.to(cdtype).contiguous(), w if recurrent else nom,
+             g_exc, g_inh if has_inh else g_exc, config.alpha, T, B, N),
+            dict(HAS_GZ=g_z is not None, HAS_GU=g_u is not None, HAS_INH=has_inh,
+                 HAS_REC=recurrent, SPIKING=spiking, KIND=config.surrogate,
+                 PRECISION=_dot_precision(cdtype)))
+    return g_exc, (g_inh if has_inh else None)
 
 
-_bwd_op = torch.library.custom_op("bss2::cuba_lif_bwd", mutates_args=())(_bwd_impl)
-
-
-@_bwd_op.register_fake
-def _(g_z, g_u, z, u, free, nom, w, has_inh, spiking, kind, alpha):
-    return u.new_empty(u.shape), u.new_empty(u.shape if has_inh else (0,))
-
-
-def _setup_context(ctx, inputs, output):
-    x_exc, x_inh, _, _, _, nom, w_rec, w_exc, *_ = inputs
-    spiking, kind, alpha = inputs[-3:]
-    z, u, free = output
-    ctx.save_for_backward(z, u, free, nom, w_rec)
-    ctx.dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
-    ctx.has_inh = x_inh is not None or w_rec is not None
-    ctx.config = (spiking, kind, alpha)
-    ctx.bwd = _bwd_op
-
-
-def _backward(ctx, g_z, g_u, _g_free=None):
-    z, u, free, nom, w_rec = ctx.saved_tensors
-    spiking, kind, alpha = ctx.config
-    g_exc, g_inh = ctx.bwd(g_z if spiking else None, g_u, z, u, free, nom, w_rec, ctx.has_inh,
-                           spiking, kind, alpha)
-    g_w = None
-    if w_rec is not None:
-        g_w = _recurrent_weight_grad(g_exc, g_inh, z, w_rec)
-    g_x_inh = g_inh.to(ctx.dtypes[1]) if ctx.dtypes[1] is not None else None
-    return (g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None,
-            None, None, None, None, None, None, None, None, None)
-
-
-def _recurrent_weight_grad(g_exc, g_inh, z, w_rec):
-    """dL/dW[post, pre] = sum_{t,b} lambda[t, b, post] z[t-1, b, pre] (exc rows where W >= 0,
-    minus inh where W < 0): one GEMM per sign over all T*B rows, after the reverse sweep."""
-    T, B, N = z.shape
-    if T == 1:
-        return torch.zeros_like(w_rec)
-    z_prev = z[:-1].reshape(-1, N)
-    ge = g_exc[1:].reshape(-1, N).t() @ z_prev
-    gi = g_inh[1:].reshape(-1, N).t() @ z_prev
-    return torch.where(w_rec >= 0, ge, -gi).to(w_rec.dtype)
-
-
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _PackCache:
-    """Packed parameter tensors per LIFParams, reused while its tensors are the same objects, not
-    modified in place (tensor._version) and the dtype matches: a chip's parameters are packed once,
-    not on every call (each pack is a stack and several copies on the device)."""
-
-    def __init__(self, pack):
-        self.pack, self.entries = pack, {}
-
-    def __call__(self, params, dtype):
-        if torch.compiler.is_compiling():
-            return self.pack(params, dtype)
-        # keyed by the first tensor's id (tensors compare elementwise, so they cannot be dict
-        # keys); the entry is dropped when that tensor dies, and it holds the other tensors, so no
-        # id in sig can be reused while it lives
-        key = id(params[0])
-        sig = (dtype, tuple(id(t) for t in params), tuple(t._version for t in params))
-        hit = self.entries.get(key)
-        if hit is not None and hit[0] == sig:
-            return hit[1]
-        packed = self.pack(params, dtype)
-        if hit is None:
-            weakref.finalize(params[0], self.entries.pop, key, None)
-        self.entries[key] = (sig, packed, tuple(params[1:]))
-        return packed
-
-
-def pack_params(params, dtype):
-    """LIFParams -> ([6, N] float, [N] int32) in the order the forward kernel reads."""
-    par = torch.stack([getattr(params, f).to(dtype) for f in PARAM_ROWS]).contiguous()
-    return par, params.ref_steps.to(torch.int32).contiguous()
-
-
-def pack_nominal(nominal, dtype):
-    return torch.stack([getattr(nominal, f).to(dtype) for f in NOMINAL_ROWS]).contiguous()
-
-
-_packed_params = _PackCache(pack_params)
-_packed_nominal = _PackCache(pack_nominal)
-
-
-def fused_cuba_lif(x_exc, x_inh, params, nominal, readout, recurrence=None, membrane_noise_lsb=0.0,
-                   seed=0, surrogate_kind="superspike", surrogate_alpha=50.0, spiking=True):
-    """Chip CUBA-LIF (or LI readout with spiking=False) in two fused Triton kernels.
-
-    Args:
-        x_exc, x_inh: input currents [T, B, N] (model units per step), any float dtype; x_inh may
-            be None. Made contiguous here.
-        params, nominal: bss2_backend.LIFParams the chip integrates / the backward's nominal model.
-        readout: bss2_backend.ReadoutParams (CADC offset [N], noise, quantisation).
-        recurrence: optional bss2_backend.Recurrence (weight [N, N] seen by the gradient; exc, inh
-            the chip's non-negative effective weights), applied to z[t-1].
-        membrane_noise_lsb: std of the per-step membrane noise (CADC LSB).
-        seed: seed of the counter-based noise (same seed, same noise, whatever the block shape).
-        surrogate_kind, surrogate_alpha: a kind of bss2_backend.surrogates.KINDS and its alpha.
-        spiking: False runs the leaky-integrator readout (no threshold, z is all zeros).
-
-    Returns:
-        (spikes, membrane), [T, B, N] in the input dtype; state is float32 (float64 for float64
-        inputs). Differentiable w.r.t. x_exc, x_inh and recurrence.weight (in-the-loop rule).
-    """
-    dt = _compute_dtype(x_exc.dtype)
-    par, ref = _packed_params(params, dt)
-    nom = _packed_nominal(nominal, dt)
-    w_rec = w_exc = w_inh = None
-    if recurrence is not None:
-        w_rec = recurrence.weight
-        w_exc = recurrence.exc.to(dt).contiguous()
-        w_inh = recurrence.inh.to(dt).contiguous()
-        if not spiking:
-            raise ValueError("recurrence needs spiking=True: a leaky integrator emits no spikes")
-    args = (x_exc.contiguous(), None if x_inh is None else x_inh.contiguous(), par, ref,
-            readout.offset_lsb.to(dt).contiguous(), nom, w_rec, w_exc, w_inh,
-            float(membrane_noise_lsb), float(readout.noise_lsb), bool(readout.quantise),
-            float(readout.unit_lsb), float(readout.zero_lsb), int(seed), bool(spiking),
-            str(surrogate_kind), float(surrogate_alpha))
-    if torch.compiler.is_compiling():
-        z, u, _ = _fwd_op(*args)
-    else:
-        z, u = _EagerLIF.apply(*args)
-    return z.to(x_exc.dtype), u.to(x_exc.dtype)
-
-
-class _EagerLIF(torch.autograd.Function):
-    """The same forward and backward as the bss2::cuba_lif_fwd/bwd custom ops, without the
-    custom-op dispatcher: outside torch.compile that machinery costs more host time per call than
-    the kernels take at the paper's sizes (measured on an H100 host: ~0.4 ms per backward)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _fwd_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.bwd = _bwd_impl
-        ctx.set_materialize_grads(False)
-        return output[:2]
-
-    @staticmethod
-    def backward(ctx, g_z, g_u):
-        refuse_double_backward("cuba_lif / li (Triton)")
-        return _backward(ctx, g_z, g_u)
+_TUNED = {chip_lif_fwd_kernel: _autotuned(chip_lif_fwd_kernel, ["SPIKING", "HAS_INH", "MEM_NOISE"]),
+          chip_lif_bwd_kernel: _autotuned(chip_lif_bwd_kernel, ["SPIKING", "HAS_INH", "HAS_GZ"])}

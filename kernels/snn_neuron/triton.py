@@ -1,5 +1,5 @@
 """snntorch's neurons (Leaky, Synaptic, RLeaky, RSynaptic, Lapicque) over all time steps in one
-launch, forward and backward; the twin is snntorch_reference.py (same arithmetic, same order).
+launch, forward and backward; the twin is reference.py (same arithmetic, same order).
 
 Each program owns a tile [BB, BN] of one step's elements and loops over time with the state in
 registers. Dense recurrence keeps the whole [N, N] weight on chip and needs the tile to span a
@@ -10,10 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import utils as kutils
-from .snntorch_spec import REC_DENSE, REC_ONE_TO_ONE, RESET_ZERO
-
-HALF_PI = tl.constexpr(1.5707963267948966)
+from .. import backend
+from ..surrogate.triton import surrogate_grad
+from . import REC_DENSE, REC_ONE_TO_ONE, RESET_ZERO
 
 
 @triton.jit
@@ -30,26 +29,7 @@ def _offsets(pid, M, N, DENSE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr)
 
 
 @triton.jit
-def _surrogate(u, KIND: tl.constexpr, p):
-    if KIND == 1:  # atan
-        z = HALF_PI * p * u
-        return p / 2 / (1 + z * z)
-    elif KIND == 2:  # fast_sigmoid
-        d = p * tl.abs(u) + 1.0
-        return 1.0 / (d * d)
-    elif KIND == 3:  # sigmoid, as snntorch writes it (it overflows to NaN for u < -88/slope)
-        e = tl.exp(-p * u)
-        return p * e / ((e + 1) * (e + 1))
-    elif KIND == 4:  # straight-through
-        return tl.full(u.shape, 1.0, tl.float32)
-    elif KIND == 5:  # triangular: +p below threshold, -p at or above
-        return tl.where(u >= 0, -p, p)
-    else:  # surrogate_disable
-        return tl.zeros(u.shape, tl.float32)
-
-
-@triton.jit
-def snntorch_neuron_fwd_kernel(
+def snn_neuron_fwd_kernel(
     p_x, p_r, p_u0, p_i0, p_s0, p_beta, p_alpha, p_theta, p_g, p_v, p_w, p_bias,
     p_spk, p_syn, p_mem, p_pre,
     T, M, N,
@@ -116,7 +96,7 @@ def snntorch_neuron_fwd_kernel(
 
 
 @triton.jit
-def snntorch_neuron_bwd_kernel(
+def snn_neuron_bwd_kernel(
     p_gspk, p_gsyn, p_gmem, p_spk, p_syn, p_mem, p_pre,   # syn, mem: [T + 1, M], row 0 initial
     p_beta, p_alpha, p_theta, p_g, p_v, p_w,
     p_gx, p_gu0, p_gi0, p_gs0, p_gbeta, p_galpha, p_gtheta, p_gg,
@@ -175,7 +155,7 @@ def snntorch_neuron_bwd_kernel(
         g_h = g_s * b_g
         if NEED_G:
             acc_g += g_s * b_h
-        g_sur = g_h * _surrogate(b_u1 - b_theta, SURROGATE, surrogate_param)
+        g_sur = g_h * surrogate_grad(b_u1 - b_theta, surrogate_param, SURROGATE)
         g_u = g_u + g_sur
         if NEED_THETA:
             acc_theta -= g_sur
@@ -230,11 +210,11 @@ def _tile(spec, step_shape):
     M = int(torch.Size(step_shape).numel())
     if spec.rec == REC_DENSE:
         N = int(step_shape[-1])
-        BN = max(16, kutils.next_pow2(N))
+        BN = max(16, backend.next_pow2(N))
         BB = 16
         return M, N, BB, BN, (triton.cdiv(M // N, BB),)
-    BN = 128 if kutils.interpreting() else 256
-    BB = 16 if kutils.interpreting() else 4
+    BN = 128 if backend.interpreting() else 256
+    BB = 16 if backend.interpreting() else 4
     return M, BN, BB, BN, (triton.cdiv(M, BB * BN),)
 
 
@@ -248,21 +228,18 @@ def _flags(spec):
                 DELAY=spec.delay, LATE_RESET=spec.late_reset)
 
 
-def neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, bias=None):
-    """Same contract as snntorch_reference.neuron_fwd (float32)."""
-    if x.dtype != torch.float32:
-        raise TypeError(f"the Triton snntorch kernels compute float32; got x of dtype {x.dtype} "
-                        f"(use backend='torch' for float64)")
+def forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, bias=None):
+    """Same contract as reference.forward (float32)."""
     T, S = x.shape[0], x.shape[1:]
     M, N, BB, BN, grid = _tile(spec, S)
     dev = x.device
-    spk = kutils.alloc((T, *S), torch.float32, dev)
-    mem = kutils.alloc((T, *S), torch.float32, dev)
-    syn = kutils.alloc((T, *S), torch.float32, dev) if spec.synaptic else None
-    pre = kutils.alloc((T, *S), torch.float32, dev) if not spec.delay else None
+    spk = backend.alloc((T, *S), torch.float32, dev)
+    mem = backend.alloc((T, *S), torch.float32, dev)
+    syn = backend.alloc((T, *S), torch.float32, dev) if spec.synaptic else None
+    pre = backend.alloc((T, *S), torch.float32, dev) if not spec.delay else None
     dummy = x
     c = lambda t: dummy if t is None else t.contiguous()
-    snntorch_neuron_fwd_kernel[grid](
+    snn_neuron_fwd_kernel[grid](
         x.contiguous(), c(r), c(u0), c(i0), c(s0), _flat(beta, M),
         _flat(alpha, M) if alpha is not None else dummy, _flat(theta, M), _flat(g, M),
         _flat(v, M) if v is not None else dummy, w.contiguous() if w is not None else dummy,
@@ -272,24 +249,25 @@ def neuron_fwd(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=Non
     return spk, syn, mem, pre
 
 
-def neuron_bwd(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
-               v=None, w=None, need=(False, False, False, False)):
-    """Same contract as snntorch_reference.neuron_bwd (float32)."""
+def backward(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
+             v=None, w=None):
+    """Same contract as reference.backward (float32)."""
+    need = (spec.need_beta, spec.need_alpha, spec.need_theta, spec.need_g)
     T, S = mem.shape[0], mem.shape[1:]
     M, N, BB, BN, grid = _tile(spec, S)
     dev = mem.device
     # the kernel reads state t-1 at row t: prepend the initial state
     mem_all = torch.cat([u0.reshape(1, M), mem.reshape(T, M)])
     syn_all = torch.cat([i0.reshape(1, M), syn.reshape(T, M)]) if spec.synaptic else mem_all
-    g_x = kutils.alloc((T, M), torch.float32, dev)
-    g_u0 = kutils.alloc((M,), torch.float32, dev)
-    g_i0 = kutils.alloc((M,), torch.float32, dev) if spec.synaptic else None
+    g_x = backend.alloc((T, M), torch.float32, dev)
+    g_u0 = backend.alloc((M,), torch.float32, dev)
+    g_i0 = backend.alloc((M,), torch.float32, dev) if spec.synaptic else None
     recurrent = spec.rec in (REC_ONE_TO_ONE, REC_DENSE)
-    g_s0 = kutils.alloc((M,), torch.float32, dev) if recurrent else None
-    grads = [kutils.alloc((M,), torch.float32, dev) if n else None for n in need]
+    g_s0 = backend.alloc((M,), torch.float32, dev) if recurrent else None
+    grads = [backend.alloc((M,), torch.float32, dev) if n else None for n in need]
     dummy = g_x
     c = lambda t: t.contiguous() if t is not None else dummy
-    snntorch_neuron_bwd_kernel[grid](
+    snn_neuron_bwd_kernel[grid](
         c(g_spk), c(g_syn), c(g_mem), spk.contiguous(), syn_all, mem_all, c(pre),
         _flat(beta, M), _flat(alpha, M) if alpha is not None else dummy, _flat(theta, M),
         _flat(g, M), _flat(v, M) if v is not None else dummy, c(w),

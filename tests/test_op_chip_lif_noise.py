@@ -1,11 +1,11 @@
-"""Temporal noise of the fused kernels (counter-based tl.randn): law, independence of the membrane
+"""Temporal noise of the chip LIF op's fused kernels (counter-based tl.randn): law, independence of the membrane
 and readout streams, reproducibility, independence of the tiling, and its effect vs the twin."""
 import pytest
 import torch
 from scipy import stats
 
-from bss2_backend import LIFParams, ReadoutParams, cuba_lif
-from bss2_backend.kernels import cuba_lif as kcl
+from bss2_backend import LIFParams, ReadoutParams, cuba_lif, li
+from bss2_backend.kernels.chip_lif import triton as fused
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 T, B, N = 8, 64, 64
@@ -18,7 +18,7 @@ def pure_noise(membrane_lsb=0.0, readout_lsb=0.0, seed=7, quantise=False):
     p = LIFParams.uniform(N, a_mem=1.0, device=DEVICE)
     ro = ReadoutParams(torch.zeros(N, device=DEVICE), readout_lsb, quantise)
     x = torch.zeros(T, B, N, device=DEVICE)
-    _, u = kcl.fused_cuba_lif(x, None, p, p, ro, None, membrane_lsb, seed, spiking=False)
+    u = li(x, params=p, readout=ro, membrane_noise_lsb=membrane_lsb, seed=seed, backend="triton")
     return (u * UNIT).flatten().double().cpu()
 
 
@@ -59,7 +59,7 @@ def test_same_seed_same_noise_other_seed_other_noise():
 
 def test_noise_does_not_depend_on_the_tiling(monkeypatch):
     a = pure_noise(1.0, 1.0)
-    monkeypatch.setattr(kcl, "_blocks", lambda *_: (16, 32, 16, 4))
+    monkeypatch.setattr(fused, "_blocks", lambda *_: (16, 32, 16, 4))
     assert torch.equal(a, pure_noise(1.0, 1.0))
 
 

@@ -1,0 +1,165 @@
+"""The chip LIF op in plain PyTorch: the twin the fused kernels match, and the CPU path.
+
+Forward integrates the discrete model of kernels/README.md with per-neuron parameter vectors,
+refractory counter, hard reset, membrane noise and the CADC readout, and returns what the host
+records: spikes z and the read membrane u (sampled before the step's reset). Backward is one
+hand-written reverse sweep of the nominal model (the in-the-loop rule), so the CPU path builds no
+per-step autograd graph. Both work on [B, N] buffers reused every step: fresh [T, B, N]
+temporaries cost more in page faults than in arithmetic on a CPU. The in-place ops compute exactly
+v + a_mem * ((v_leak - v) + (i_e - i_i)) etc., op by op, as the kernels do.
+"""
+import torch
+
+from .. import surrogate as sg
+from . import CADC_MAX, CADC_MIN
+
+
+def read(v, offset, quantise, unit, zero, noise=None):
+    """What the host sees of membrane `v` (model units) through the CADC: with quantisation
+    code = clamp(floor(v unit + zero + offset + noise + 1/2), 0, 255), u = (code - zero) / unit;
+    without it u = v + offset / unit (+ noise / unit). noise: readout noise in LSB, or None."""
+    return read_(v.clone(), offset, quantise, unit, zero, None if noise is None else noise.clone())
+
+
+def code_(v, offset, unit, zero, noise=None, out=None):
+    """The CADC code (a float tensor of integers 0..255) of membrane v, into `out` (default: v)."""
+    out = v if out is None else out
+    torch.mul(v, unit, out=out).add_(zero).add_(offset)
+    if noise is not None:
+        out.add_(noise)
+    return out.add_(0.5).floor_().clamp_(CADC_MIN, CADC_MAX)
+
+
+def read_(v, offset, quantise, unit, zero, noise=None, out=None):
+    """read() without temporaries: the result goes to `out` (default: overwrite `v`), with the
+    same operations in the same order; `noise` may be overwritten too."""
+    out = v if out is None else out
+    if not quantise:
+        torch.add(v, offset * (1.0 / unit), out=out)
+        return out if noise is None else out.add_(noise.mul_(1.0 / unit))
+    return code_(v, offset, unit, zero, noise, out).sub_(zero).mul_(1.0 / unit)
+
+
+def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
+    """(z, u, free) [T, B, N] in the packed parameters' dtype; free (uint8) marks the steps whose
+    membrane the refractory clamp did not hold (all ones when nothing can be held)."""
+    T, B, N = x_exc.shape
+    cdtype, dev = par.dtype, x_exc.device
+    v_leak, v_reset, v_th, a_mem, a_syn_exc, a_syn_inh = par
+    offset = offset.to(cdtype)
+    rec_e = rec_i = None
+    if w_exc is not None:
+        rec_e, rec_i = w_exc.to(dev, cdtype).t(), w_inh.to(dev, cdtype).t()
+    # membrane and readout noise come from two streams of the run's seed
+    mem_noise, read_noise = config.membrane_noise_lsb, config.readout_noise_lsb
+    gen_m = torch.Generator(device=dev).manual_seed(int(seed)) if mem_noise > 0 else None
+    gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D) if read_noise > 0 \
+        else None
+    sigma_m = mem_noise / config.unit_lsb
+    has_inh = x_inh is not None or rec_i is not None
+    spiking = config.spiking
+    refractory = spiking and bool(ref_steps.any())
+
+    v = v_leak.expand(B, N).clone()              # membrane after the previous step's reset
+    vt = torch.empty(B, N, dtype=cdtype, device=dev)  # membrane of this step before the reset
+    i_e = torch.zeros(B, N, dtype=cdtype, device=dev)
+    i_i = torch.zeros(B, N, dtype=cdtype, device=dev)
+    ref = torch.zeros(B, N, dtype=torch.int32, device=dev)
+    held = torch.zeros(B, N, dtype=torch.bool, device=dev)
+    z = torch.zeros(B, N, dtype=torch.bool, device=dev)
+    drive = torch.empty(B, N, dtype=cdtype, device=dev)
+    syn = torch.empty(B, N, dtype=cdtype, device=dev)
+    z_prev = torch.empty(B, N, dtype=cdtype, device=dev) if rec_e is not None else None
+    noise_m = torch.empty(B, N, dtype=cdtype, device=dev) if gen_m is not None else None
+    noise_r = torch.empty(B, N, dtype=cdtype, device=dev) if gen_r is not None else None
+    keep_e, keep_i = 1.0 - a_syn_exc, 1.0 - a_syn_inh
+    u_out = torch.empty(T, B, N, dtype=cdtype, device=dev)
+    z_out = (torch.empty if spiking else torch.zeros)(T, B, N, dtype=cdtype, device=dev)
+    free_out = (torch.empty if refractory else torch.ones)(
+        (T, B, N) if spiking else (0,), dtype=torch.uint8, device=dev)
+    for t in range(T):
+        x_e = x_exc[t].to(cdtype)
+        x_i = x_inh[t].to(cdtype) if x_inh is not None else None
+        if rec_e is not None:
+            z_prev.copy_(z)
+            x_e = x_e + z_prev @ rec_e
+            x_i = z_prev @ rec_i if x_i is None else x_i + z_prev @ rec_i
+        torch.sub(v_leak, v, out=drive)
+        drive.add_(torch.sub(i_e, i_i, out=syn) if has_inh else i_e).mul_(a_mem)
+        torch.add(v, drive, out=vt)
+        if noise_m is not None:
+            vt.add_(torch.randn(B, N, generator=gen_m, out=noise_m).mul_(sigma_m))
+        i_e.mul_(keep_e).add_(x_e)
+        if has_inh:
+            i_i.mul_(keep_i).add_(x_i)
+        if refractory:
+            torch.gt(ref, 0, out=held)
+            torch.where(held, v_reset, vt, out=vt)
+            torch.logical_not(held, out=free_out[t])
+            torch.gt(vt, v_th, out=z).logical_and_(free_out[t])
+        elif spiking:
+            torch.gt(vt, v_th, out=z)
+        if noise_r is not None:
+            torch.randn(B, N, generator=gen_r, out=noise_r).mul_(read_noise)
+        read_(vt, offset, config.quantise, config.unit_lsb, config.zero_lsb, noise_r, out=u_out[t])
+        if not spiking:
+            v, vt = vt, v
+            continue
+        z_out[t] = z
+        torch.where(z, v_reset, vt, out=v)
+        if refractory:
+            ref.sub_(1).clamp_(min=0)
+            torch.where(z, ref_steps, ref, out=ref)
+    return z_out, u_out, free_out
+
+
+def backward(config, g_z, g_u, z, u, free, nom, w):
+    """Reverse-time sweep of the nominal model: (g_exc, g_inh) [T, B, N], the gradients of the
+    input currents; g_inh is None when config.mirrored (then it is -g_exc). nom: [4, N] packed
+    nominal parameters; w: the recurrent weight the gradient sees (None without recurrence)."""
+    T, B, N = u.shape
+    cdtype, dev = u.dtype, u.device
+    v_th, a_mem, a_syn_exc, a_syn_inh = nom.to(dev, cdtype)
+    keep_m, keep_e, keep_i = 1.0 - a_mem, 1.0 - a_syn_exc, 1.0 - a_syn_inh
+    spiking, kind, alpha = config.spiking, config.surrogate, config.alpha
+    own_inh = config.has_inh and not config.mirrored
+    # adjoints of i_exc / i_inh live in g_exc / g_inh themselves: dL/dx[t] = dL/di[t]
+    g_exc = torch.empty(T, B, N, dtype=cdtype, device=dev)
+    g_inh = torch.empty(T, B, N, dtype=cdtype, device=dev) if own_inh else None
+    g_exc[T - 1].zero_()
+    if own_inh:
+        g_inh[T - 1].zero_()
+    lam_v = torch.zeros(B, N, dtype=cdtype, device=dev)
+    g = torch.empty(B, N, dtype=cdtype, device=dev)
+    buf = torch.empty(B, N, dtype=cdtype, device=dev)
+    gate = torch.empty(B, N, dtype=cdtype, device=dev)
+    g_z = g_z.to(cdtype) if g_z is not None else None
+    g_u = g_u.to(cdtype) if g_u is not None else None
+    w_pos = w_neg = None
+    if w is not None:
+        w = w.to(dev, cdtype)
+        w_pos, w_neg = torch.clamp(w, min=0), torch.clamp(-w, min=0)
+    for t in range(T - 1, -1, -1):
+        if g_u is not None:
+            g.copy_(g_u[t])
+        else:
+            g.zero_()
+        if spiking:
+            gz = g_z[t] if g_z is not None else None
+            if w is not None and t < T - 1:
+                # mirrored adjoints: l_e @ relu(W) + (-l_e) @ relu(-W) = l_e @ W, one GEMM
+                rec = g_exc[t + 1] @ w_pos + g_inh[t + 1] @ w_neg if own_inh else g_exc[t + 1] @ w
+                gz = rec if gz is None else rec.add_(gz)
+            if gz is not None:
+                g.addcmul_(gz, sg.grad_(kind, alpha, torch.sub(u[t], v_th, out=buf)))
+            torch.sub(1.0, z[t], out=gate)
+            g.addcmul_(gate, lam_v)
+            g.mul_(free[t])
+        else:
+            g.add_(lam_v)
+        torch.mul(g, keep_m, out=lam_v)
+        if t > 0:
+            torch.mul(g_exc[t], keep_e, out=g_exc[t - 1]).addcmul_(g, a_mem)
+            if own_inh:
+                torch.mul(g_inh[t], keep_i, out=g_inh[t - 1]).addcmul_(g, a_mem, value=-1.0)
+    return g_exc, g_inh
