@@ -117,7 +117,7 @@ class GemmOnly(nn.Module):
 
 
 def tutorial_net(w):
-    """issue 4's model, written as the snntorch tutorials do (init_hidden, output=True)."""
+    """The MNIST net written as the snntorch tutorials do (init_hidden, output=True)."""
     import snntorch as snn
     return nn.Sequential(nn.Linear(w.n_in, w.n_hidden), snn.Leaky(SNN_BETA, init_hidden=True),
                          nn.Linear(w.n_hidden, w.n_out),

@@ -2,15 +2,15 @@
 
 Every workload is a network of one hidden population, time-major [T, B, features]:
 input spikes -> (recurrent) LIF -> optional LI readout. kind "chip" is timed with the chip layers,
-stock snntorch and an eager loop; kind "forward_pass" is issue 4's row: a tutorial-style snntorch
-nn.Sequential run by stock snntorch and by bss2_backend.integrations.snntorch.forward_pass.
+stock snntorch and an eager loop; kind "forward_pass" is a tutorial-style snntorch nn.Sequential
+run by stock snntorch and by bss2_backend.integrations.snntorch.forward_pass.
 """
 from dataclasses import dataclass, replace
 
 import torch
 
 CODINGS = ("latency", "poisson")
-KINDS = ("chip", "forward_pass")
+WORKLOAD_KINDS = ("chip", "forward_pass")
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Workload:
             raise ValueError(f"Workload.n_out must be >= 0, got {self.n_out}")
         if self.coding not in CODINGS:
             raise ValueError(f"Workload.coding must be one of {CODINGS}, got {self.coding!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"Workload.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in WORKLOAD_KINDS:
+            raise ValueError(f"Workload.kind must be one of {WORKLOAD_KINDS}, got {self.kind!r}")
 
     @property
     def shape(self):
@@ -67,7 +67,7 @@ WORKLOADS = (
              strict=False),
     *(Workload(f"C-{n}", "Open Neuromorphic shape: Linear N->N + LIF", n, n, 0, False, 500, 16,
                strict=False, rate=0.1) for n in (4096, 8192, 16384)),
-    Workload("A-fp", "issue 4: snntorch forward_pass on the MNIST net", 256, 246, 10, False,
+    Workload("A-fp", "snntorch tutorial net through forward_pass", 256, 246, 10, False,
              100, 64, coding="latency", kind="forward_pass"),
 )
 

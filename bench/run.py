@@ -17,6 +17,7 @@ import torch
 
 import bss2_backend
 from bss2_backend.dynamics import resolve_backend
+from bss2_backend.validation import resolve_device
 
 from . import impls as impl_registry
 from . import metrics, registry, results, timing
@@ -40,22 +41,6 @@ class Options:
     run_all: bool = False
     out_dir: Optional[Path] = None      # None: results.default_out_dir()
     plot: bool = True
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 def environment():

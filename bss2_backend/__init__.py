@@ -11,9 +11,9 @@ from .parameters import Calibration, CircuitParams, LIFParams
 from .placement import Placement, PlacementError
 from .readout import ReadoutParams
 from .surrogates import Surrogate
-from .weights import Saturation, quantize, to_hardware
+from .weights import Saturation, quantise, to_hardware
 
 __all__ = ["Chip", "CircuitNeurons", "LayerParams", "Recurrence", "cuba_lif", "li", "Mismatch",
            "Noise", "LIFLayer", "LILayer", "Calibration", "CircuitParams", "LIFParams", "Placement",
-           "PlacementError", "ReadoutParams", "Surrogate", "Saturation", "quantize", "to_hardware",
+           "PlacementError", "ReadoutParams", "Surrogate", "Saturation", "quantise", "to_hardware",
            "constants", "__version__"]

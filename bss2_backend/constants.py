@@ -1,8 +1,8 @@
 """Hardware facts of one BrainScaleS-2 (HX) chip, as named constants.
 
-Every number here comes from ../shared/BSS2.md (public electronicvisions sources: halco, haldls,
-calix, hxtorch). Values marked [U] there are plausible but unverified; they are defaults elsewhere
-(bss2_backend.mismatch, bss2_backend.noise), never constants here.
+Every number here comes from the public electronicvisions sources (halco, haldls, calix, hxtorch).
+Values that are plausible but unverified there ([U] below and elsewhere) are defaults in other
+modules (bss2_backend.mismatch, bss2_backend.noise), never constants here.
 
 Units: potentials in CADC LSB (the chip's 8-bit membrane ADC code), times in microseconds of
 chip time. "Model units" put the calibrated leak potential at 0 and the threshold at 1.

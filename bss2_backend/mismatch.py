@@ -16,7 +16,8 @@ import torch
 from . import constants as C
 from .validation import check_number
 
-# relative spreads: calibrated and uncalibrated presets are [U] defaults (BSS2.md: ~2-5 %, ~10-30 %)
+# relative spreads: the calibrated and uncalibrated presets are [U] (unverified) defaults, within the
+# published ranges (~2-5 % after calibration, ~10-30 % before)
 NEURON_FIELDS = ("leak", "reset", "threshold", "tau_mem", "tau_syn_exc", "tau_syn_inh",
                  "refractory", "syn_gain")
 PRESETS = ("calibrated", "uncalibrated", "none")

@@ -1,6 +1,6 @@
 """Neuron parameters of the discrete current-based LIF model the chip integrates.
 
-Continuous model of one neuron circuit (hxtorch functional, ../shared/BSS2.md):
+Continuous model of one neuron circuit (as hxtorch's functional model writes it):
 
     tau_mem dv/dt = (v_leak - v) + i_exc - i_inh
     tau_syn_exc di_exc/dt = -i_exc + sum_j w_ij^+ sum_k delta(t - t_j^k)     (same for inh)
@@ -15,7 +15,6 @@ a = 1 - exp(-dt/tau) (integration="exact"), v0 = v_leak, i0 = 0:
 
 The derivation and the in-the-loop gradient live in bss2_backend/DYNAMICS.md.
 """
-import math
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -178,10 +177,3 @@ class LIFParams(NamedTuple):
         if self.ref_steps.dtype != torch.int32:
             return self._replace(ref_steps=self.ref_steps.to(torch.int32))
         return self
-
-
-def decay_from_tau(tau_us, dt_us=C.DT_US, integration="euler"):
-    """Per-step factor for a time constant: dt/tau (Euler) or 1 - exp(-dt/tau)."""
-    if tau_us <= 0:
-        raise ValueError(f"tau_us={tau_us} must be > 0")
-    return dt_us / tau_us if integration == "euler" else -math.expm1(-dt_us / tau_us)

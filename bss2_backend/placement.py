@@ -114,9 +114,6 @@ class Allocator:
         self.strict = strict
         self.used = set()
 
-    def capacity(self):
-        return C.NEURON_CIRCUITS if self.strict else None
-
     def allocate(self, name, n_in, n_out, circuits_per_neuron=None):
         for what, v in (("n_in", n_in), ("n_out", n_out)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):

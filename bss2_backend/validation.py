@@ -121,6 +121,27 @@ def check_number(name, value, *, low=None, high=None, low_open=False, integer=Fa
     return value
 
 
+def resolve_device(text, flag="--device"):
+    """A device string -> torch.device: "auto" (CUDA when present, else the CPU), "cpu", "cuda" or
+    "cuda:N" of a visible GPU; ValueError naming `flag` otherwise."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{flag} {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"{flag} {text}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{flag} {text}: no CUDA device is visible on this machine; use {flag} cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{flag} {text}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
 def check_choice(name, value, choices):
     try:
         known = value in choices

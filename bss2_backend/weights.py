@@ -55,7 +55,7 @@ def _hw(w, scale):
     return _ToHardware.apply(w, float(scale))
 
 
-def quantize(w, scale=C.DEFAULT_WEIGHT_SCALE):
+def quantise(w, scale=C.DEFAULT_WEIGHT_SCALE):
     """The weight the chip realises, back in model units: to_hardware(w) / scale."""
     return to_hardware(w, scale) / scale
 

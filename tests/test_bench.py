@@ -104,7 +104,7 @@ def test_check_errors_instead_of_raising():
 
 
 def test_flops_match_the_performance_anchors():
-    # ../shared/notes/performance-anchors.md section 4.2, workload A: B256 T100 256 -> 256r -> 10
+    # the published FLOP count of the reference workload: B256 T100 256 -> 256 recurrent -> 10
     anchor = registry.Workload("anchor-A", "", 256, 256, 10, True, 100, 256)
     assert metrics.flops(anchor, "fwd") / 1e9 == pytest.approx(6.84, rel=2e-3)
     assert metrics.flops(anchor, "fwd+bwd") / 1e9 == pytest.approx(17.2, rel=2e-3)

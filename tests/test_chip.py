@@ -189,7 +189,7 @@ def test_weight_path_is_exact_6bit_with_half_away_rounding():
     hw = bb.to_hardware(w, 64)
     assert hw.tolist() == [1, -1, 2, -3, 2, 63, 63, 63, -63, 0]
     assert torch.equal(round_half_away(torch.tensor([0.5, -0.5, 2.5])), torch.tensor([1.0, -1.0, 3.0]))
-    assert torch.equal(bb.quantize(w, 64), hw / 64)
+    assert torch.equal(bb.quantise(w, 64), hw / 64)
 
 
 def test_weight_path_straight_through_gradient():
@@ -206,7 +206,7 @@ def test_synapses_backward_is_the_nominal_gradient():
     assert torch.autograd.gradcheck(f, (s, w))
     # the chip's gains and quantisation change the forward, never the gradient
     ge = 1 + 0.3 * torch.rand(4, 8, dtype=torch.float64)
-    xe, xi = synapses(s, w, bb.quantize(w.detach()).clamp(min=0) * ge, (-w.detach()).clamp(min=0))
+    xe, xi = synapses(s, w, bb.quantise(w.detach()).clamp(min=0) * ge, (-w.detach()).clamp(min=0))
     g1 = torch.autograd.grad((xe - 2 * xi).sum(), (s, w))
     xe, xi = f(s, w)
     g2 = torch.autograd.grad((xe - 2 * xi).sum(), (s, w))

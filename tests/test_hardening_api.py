@@ -179,9 +179,9 @@ CASES = [
     ("to_hardware NaN", lambda: bb.to_hardware(torch.tensor([NAN, 1.0])), ValueError, "w contains NaN or inf"),
     ("to_hardware meta", lambda: bb.to_hardware(torch.ones(2, device="meta")), ValueError, "w is on the meta device"),
     ("to_hardware scale NaN", lambda: bb.to_hardware(torch.ones(2), scale=NAN), ValueError, "scale must be finite"),
-    ("quantize NaN", lambda: bb.quantize(torch.tensor([NAN, 1.0])), ValueError, "w contains NaN or inf"),
-    ("quantize list", lambda: bb.quantize([NAN, 1.0]), TypeError, "w must be a torch.Tensor"),
-    ("quantize inf", lambda: bb.quantize(torch.tensor([INF])), ValueError, "w contains NaN or inf"),
+    ("quantise NaN", lambda: bb.quantise(torch.tensor([NAN, 1.0])), ValueError, "w contains NaN or inf"),
+    ("quantise list", lambda: bb.quantise([NAN, 1.0]), TypeError, "w must be a torch.Tensor"),
+    ("quantise inf", lambda: bb.quantise(torch.tensor([INF])), ValueError, "w contains NaN or inf"),
     # --- layers ----------------------------------------------------------------------------------
     ("layer in 2.5", lambda: lif(2.5, 3), TypeError, "in_features must be an integer, got float 2.5"),
     ("layer out '3'", lambda: lif(4, "3"), TypeError, "out_features must be an integer"),
@@ -294,7 +294,7 @@ SILENT = {
     "NaN input": lambda d: bb.li(x(3, 2, 4, value=NAN, device=d), params=P4.to(d)),
     "NaN layer weight": lambda d: with_nan_weight_layer(d)(x(3, 2, 4, device=d)),
     "NaN forward_pass data": lambda d: forward_pass(seq().to(d), 3, x(2, 8, value=NAN, device=d)),
-    "NaN quantize": lambda d: bb.quantize(torch.tensor([NAN, 1.0], device=d)),
+    "NaN quantise": lambda d: bb.quantise(torch.tensor([NAN, 1.0], device=d)),
     "NaN readout offset": lambda d: bb.li(x(3, 2, 4, device=d), params=P4.to(d), readout=bb.ReadoutParams(torch.full((4,), NAN, device=d))),
 }
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -20,7 +20,7 @@ import bss2_backend.kernels.chip_lif as op
 from bss2_backend.kernels.chip_lif import naive
 from bss2_backend.kernels.op import flatten
 from bss2_backend.surrogates import KIND_IDS
-from op_testing import DEVICE, TOL, compare, cuda_only, rel_rms
+from op_testing import DEVICE, TOL, compare, cuda_only
 
 f64 = torch.float64
 

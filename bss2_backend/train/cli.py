@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 import torch
 
 from ..cli import CHIP_SEED, UserError, _mismatch_arg, folder_arg, integer, real, sigma_arg
+from .. import validation
 from .config import MIN_STEPS, TASKS, TrainConfig
 
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
@@ -86,22 +87,10 @@ def _common(p):
 
 
 def resolve_device(text):
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise UserError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise UserError(f"--device {text}: only cpu and cuda are supported")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {text}: no CUDA device is visible on this machine; use --device cpu")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA device(s) "
-                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    return device
+        return validation.resolve_device(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _config(args, dataset_name):

@@ -6,9 +6,9 @@ from bss2_backend.dynamics import BACKENDS
 from bss2_backend.validation import check_choice
 
 from . import chip_mode
-from .neurons import BACKEND, KINDS, STOCK, backend_class, supported_kind
+from .neurons import BACKEND, NEURON_KINDS, STOCK, backend_class, supported_kind
 
-NAMES = {kind: name for name, kind in KINDS.items()}
+NAMES = {kind: name for name, kind in NEURON_KINDS.items()}
 
 # what chip mode runs on the host between chip layers (they act on spikes and carry no weights)
 CHIP_PASSTHROUGH = (nn.Flatten, nn.Dropout, nn.Identity)

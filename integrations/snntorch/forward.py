@@ -27,9 +27,9 @@ def forward_pass(net, num_steps, data):
         net: an nn.Sequential-style snntorch model (the last module a neuron, usually with
             init_hidden=True, output=True). The state of every neuron in it (nested ones too) is
             reset first and its final state is written back to the neuron modules. Unlike the
-            tutorial's snntorch.utils.reset(net) in snntorch 1.0, no other net's neurons are reset
-            (issue #438) and deep-copied nets are reset too (they are missing from
-            SpikingNeuron.instances).
+            tutorial's snntorch.utils.reset(net) in snntorch 1.0 (which resets every instance of
+            the net's neuron classes, in every net), no other net's neurons are reset, and
+            deep-copied nets are reset too (they are missing from SpikingNeuron.instances).
         num_steps: number of time steps (int >= 1).
         data: static input fed at every step, [B, ...] (the tutorial's `net(data)`), or time-major
             input [num_steps, B, ...] (the tutorial's `net(data[step])`).

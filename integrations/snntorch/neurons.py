@@ -16,7 +16,7 @@ from .notices import notice_once
 
 STOCK = {"Leaky": snn.Leaky, "Synaptic": snn.Synaptic, "RLeaky": snn.RLeaky,
          "RSynaptic": snn.RSynaptic, "Lapicque": snn.Lapicque, "Alpha": snn.Alpha}
-KINDS = {"Leaky": "leaky", "Synaptic": "synaptic", "RLeaky": "rleaky", "RSynaptic": "rsynaptic",
+NEURON_KINDS = {"Leaky": "leaky", "Synaptic": "synaptic", "RLeaky": "rleaky", "RSynaptic": "rsynaptic",
          "Lapicque": "lapicque", "Alpha": "alpha"}
 SUPPORTED = tuple(STOCK)
 
@@ -31,7 +31,7 @@ def supported_kind(module):
                 raise TypeError(f"{type(module).__name__} subclasses snntorch.{name} with its own code, "
                                 f"which the bss2_backend snntorch integration cannot take over; "
                                 f"supported neurons: {', '.join(SUPPORTED)}")
-            return KINDS[name]
+            return NEURON_KINDS[name]
     if isinstance(module, snn.SpikingNeuron):
         raise TypeError(f"{type(module).__name__} is not supported by the bss2_backend snntorch "
                         f"integration; supported neurons: {', '.join(SUPPORTED)}")
@@ -129,4 +129,4 @@ def backend_class(module):
     kind = supported_kind(module)
     if kind is None:
         return None
-    return next(BACKEND[n] for n, k in KINDS.items() if k == kind)
+    return next(BACKEND[n] for n, k in NEURON_KINDS.items() if k == kind)

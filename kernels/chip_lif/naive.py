@@ -15,21 +15,6 @@ from .. import surrogate as sg
 from .reference import read
 
 
-class _Spike(torch.autograd.Function):
-    """H(u_true) forward (strict >); the surrogate at u_grad backward."""
-
-    @staticmethod
-    def forward(ctx, u_true, u_grad, kind, alpha):
-        ctx.save_for_backward(u_grad)
-        ctx.kind, ctx.alpha = kind, alpha
-        return (u_true > 0).to(u_true.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        return None, g * sg.grad_(ctx.kind, ctx.alpha, u.clone()), None, None
-
-
 def inject(value, observed):
     """Forward returns `observed`; the gradient flows to `value` (hxtorch's "Unterjubel")."""
     return value + (observed - value).detach()
@@ -81,7 +66,7 @@ def chip_lif(x_exc, x_inh, params, *, surrogate=sg.SUPERSPIKE, alpha=50.0, reado
         if not spiking:
             v = u if observed is not None else v
             continue
-        z = _Spike.apply(v - p.v_th, u - p.v_th, surrogate, alpha) * (~held).to(v.dtype)
+        z = sg.Spike.apply(v - p.v_th, u - p.v_th, surrogate, alpha) * (~held).to(v.dtype)
         if observed is not None:
             z = inject(z, observed[0][t])
         zs.append(z)

@@ -10,24 +10,11 @@ from .. import surrogate as sg
 from . import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, RESET_SUB, RESET_ZERO
 
 
-class _Heaviside(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, kind, alpha):
-        ctx.save_for_backward(u)
-        ctx.kind, ctx.alpha = kind, alpha
-        return (u > 0).to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        return g * sg.grad_(ctx.kind, ctx.alpha, u.clone()), None, None
-
-
 def snn_neuron(spec, x, u0, i0=None, s0=None, *, beta, alpha=None, theta, g, r=None, v=None,
                w=None, bias=None):
     """The same arguments and results as kernels.snn_neuron.snn_neuron: (spk, syn or None, mem)
     [T, *S]; differentiable by autograd w.r.t. every tensor argument."""
-    fire = lambda u: _Heaviside.apply(u - theta, spec.surrogate, spec.surrogate_param)
+    fire = lambda u: sg.Spike.apply(u - theta, u - theta, spec.surrogate, spec.surrogate_param)
     U, I, S = u0, i0, s0
     spks, syns, mems = [], [], []
     for t in range(x.shape[0]):

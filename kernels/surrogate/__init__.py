@@ -48,3 +48,20 @@ def grad_(kind, alpha, u):
     if kind == ZERO:
         return u.zero_()
     raise ValueError(f"unknown surrogate id {kind}; the ids are 0..{len(NAMES) - 1} ({NAMES})")
+
+
+class Spike(torch.autograd.Function):
+    """z = H(u_fire) forward (strict >), d z / d u_grad = the surrogate `kind` at u_grad backward:
+    the spike of the step-by-step autograd models (naive.py of each op). The comparator may see
+    another membrane (the true one) than the gradient (the recorded one)."""
+
+    @staticmethod
+    def forward(ctx, u_fire, u_grad, kind, alpha):
+        ctx.save_for_backward(u_grad)
+        ctx.kind, ctx.alpha = kind, alpha
+        return (u_fire > 0).to(u_fire.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        return None, g * grad_(ctx.kind, ctx.alpha, u.clone()), None, None
