@@ -46,6 +46,15 @@ def unflatten(config_type, ints, floats):
     return config_type(*values)
 
 
+def _no_none(fn):
+    """fn with every None in its list result replaced by an empty tensor (a Tensor[] of a custom
+    op holds no None); the eager path keeps the Nones and allocates nothing for them."""
+    def call(config, impl, *tensors):
+        like = next(t for t in tensors if t is not None)
+        return [like.new_empty(0) if t is None else t for t in fn(config, impl, *tensors)]
+    return call
+
+
 def _tensors(names):
     return ", ".join(f"Tensor{'?' if n.endswith('?') else ''} {n.rstrip('?')}" for n in names)
 
@@ -62,7 +71,8 @@ class FusedOp:
             cotangent in backward (the first ones).
         forward(config, impl, *inputs) -> tuple of outputs; fake_forward(config, impl, *inputs)
             the same with empty tensors of the right shapes.
-        backward(config, impl, *saved, *cotangents) -> list of tensors; fake_backward likewise.
+        backward(config, impl, *saved, *cotangents) -> list of tensors or None (in the custom op
+            a None becomes an empty tensor); fake_backward likewise, with empty tensors.
         save(ctx, config, inputs, outputs) -> the saved tensors (it may set ctx attributes).
         gradients(ctx, config, results) -> the gradients of the forward's tensor inputs, from
             what backward returned.
@@ -86,7 +96,7 @@ class FusedOp:
             schema=f"({_tensors(inputs)}, {tail}) -> ({', '.join(['Tensor'] * outputs)})")
         self.fwd.register_fake(self._flat(fake_forward, self._n_inputs))
         self.bwd = torch.library.custom_op(
-            f"bss2::{name}_bwd", self._flat(backward, self._n_saved + grad_outputs),
+            f"bss2::{name}_bwd", self._flat(_no_none(backward), self._n_saved + grad_outputs),
             mutates_args=(), schema=f"({_tensors(list(saved) + cotangents)}, {tail}) -> Tensor[]")
         self.bwd.register_fake(self._flat(fake_backward, self._n_saved + grad_outputs))
         self.fwd.register_autograd(self._compiled_backward, setup_context=self._compiled_setup)

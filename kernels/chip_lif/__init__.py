@@ -53,7 +53,9 @@ def _forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_
 
 def _fake_forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed):
     shape = x_exc.shape
-    free = x_exc.new_empty(shape if config.spiking else (0,), dtype=torch.uint8)
+    # the twin keeps its mask as bool, the kernels store one byte per element
+    free = x_exc.new_empty(shape if config.spiking else (0,),
+                           dtype=torch.bool if impl == "torch" else torch.uint8)
     return x_exc.new_empty(shape, dtype=par.dtype), x_exc.new_empty(shape, dtype=par.dtype), free
 
 
@@ -66,8 +68,7 @@ def _own_inh(config, impl):
 def _backward(config, impl, z, u, free, nom, w_rec, g_z, g_u):
     g_exc, g_inh = _impl(impl).backward(config, g_z, g_u, z, u, free, nom, w_rec)
     g_w = recurrent_weight_grad(g_exc, g_inh, z, w_rec) if w_rec is not None else None
-    empty = u.new_empty(0)
-    return [g_exc, empty if g_inh is None else g_inh, empty if g_w is None else g_w]
+    return [g_exc, g_inh, g_w]
 
 
 def _fake_backward(config, impl, z, u, free, nom, w_rec, g_z, g_u):
@@ -83,12 +84,11 @@ def _save(ctx, config, inputs, output):
 
 
 def _gradients(ctx, config, results):
-    g_exc, g_inh, g_w = results
+    g_exc, g_inh, g_w = (None if t is None or t.numel() == 0 else t for t in results)
     g_x_inh = None
     if ctx.dtypes[1] is not None:
-        g_x_inh = (g_inh if g_inh.numel() else -g_exc).to(ctx.dtypes[1])
-    return (g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None,
-            g_w if g_w.numel() else None, None, None, None)
+        g_x_inh = (-g_exc if g_inh is None else g_inh).to(ctx.dtypes[1])
+    return g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None, None
 
 
 def recurrent_weight_grad(g_exc, g_inh, z, w_rec):

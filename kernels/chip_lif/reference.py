@@ -41,8 +41,9 @@ def read_(v, offset, quantise, unit, zero, noise=None, out=None):
 
 
 def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
-    """(z, u, free) [T, B, N] in the packed parameters' dtype; free (uint8) marks the steps whose
-    membrane the refractory clamp did not hold (all ones when nothing can be held)."""
+    """(z, u, free) [T, B, N] in the packed parameters' dtype; free (bool) marks the steps whose
+    membrane the refractory clamp did not hold (all true when nothing can be held; empty for the
+    LI readout)."""
     T, B, N = x_exc.shape
     cdtype, dev = par.dtype, x_exc.device
     v_leak, v_reset, v_th, a_mem, a_syn_exc, a_syn_inh = par
@@ -75,8 +76,8 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
     keep_e, keep_i = 1.0 - a_syn_exc, 1.0 - a_syn_inh
     u_out = torch.empty(T, B, N, dtype=cdtype, device=dev)
     z_out = (torch.empty if spiking else torch.zeros)(T, B, N, dtype=cdtype, device=dev)
-    free_out = (torch.empty if refractory else torch.ones)(
-        (T, B, N) if spiking else (0,), dtype=torch.uint8, device=dev)
+    free_out = torch.empty(0, dtype=torch.bool, device=dev) if not spiking else \
+        (torch.empty if refractory else torch.ones)(T, B, N, dtype=torch.bool, device=dev)
     for t in range(T):
         x_e = x_exc[t].to(cdtype)
         x_i = x_inh[t].to(cdtype) if x_inh is not None else None

@@ -286,7 +286,8 @@ def _launch(kernel, B, N, recurrent, args, constexprs):
 
 
 def backward(config, g_z, g_u, z, u, free, nom, w):
-    """Same contract as reference.backward; the inhibitory gradient is always computed."""
+    """Same contract as reference.backward (nom packed in u's dtype); the inhibitory gradient is
+    always computed."""
     T, B, N = u.shape
     cdtype = u.dtype
     spiking, has_inh = config.spiking, config.has_inh
@@ -299,7 +300,7 @@ def backward(config, g_z, g_u, z, u, free, nom, w):
     g_inh = backend.alloc((T, B, N) if has_inh else (0,), cdtype, u.device)
     _launch(chip_lif_bwd_kernel, B, N, recurrent,
             (g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
-             free if spiking else z, nom.to(cdtype).contiguous(), w if recurrent else nom,
+             free if spiking else z, nom, w if recurrent else nom,
              g_exc, g_inh if has_inh else g_exc, config.alpha, T, B, N),
             dict(HAS_GZ=g_z is not None, HAS_GU=g_u is not None, HAS_INH=has_inh,
                  HAS_REC=recurrent, SPIKING=spiking, KIND=config.surrogate,
