@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/bss2-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-T_TESTS=${T_TESTS:-200} T_PROFILE=${T_PROFILE:-90} T_BENCH=${T_BENCH:-300}
+T_TESTS=${T_TESTS:-300} T_PROFILE=${T_PROFILE:-90} T_BENCH=${T_BENCH:-300}
 # BENCH_WORKLOADS: names of bench/registry.py (default: all), BENCH_ARGS: more bss2 bench flags
 BENCH_ARGS=${BENCH_ARGS:-}
 step() { echo "== $* ($(date +%T))"; }
@@ -33,7 +33,9 @@ for s in "${steps[@]}"; do
     case $s in
     tests)
         step "tests (compiled kernels)"
-        timeout "$T_TESTS" $PY -m pytest -q -p no:cacheprovider -n 8 --timeout 150 tests/ \
+        # --dist loadfile: a module's shared fixtures (the CLI corpus runs ~100 processes) are
+        # built once, in one worker
+        timeout "$T_TESTS" $PY -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout 240 tests/ \
             2>&1 | tee "$OUT/pytest.log" | tail -40 ;;
     profile)
         step profile
