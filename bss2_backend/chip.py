@@ -107,6 +107,7 @@ class Chip:
         self._allocator = Allocator(strict)
         self._placements = {}
         self._owners = {}             # placement name -> weakref to the layer that claimed it
+        self._networks = []           # weakrefs to the networks placed here, in placement order
         self._circuits = None
         self._rows = None
         self._cache = {}
@@ -185,6 +186,34 @@ class Chip:
             self._owners[name] = weakref.ref(owner)
         self._grow(max(max(c) for c in p.circuits) + 1, int(p.rows()[1].max()) + 1)
         return p
+
+    def release(self, name):
+        """Free a placement's circuits (the layer is gone or was converted back); its name and
+        circuits can be placed again."""
+        p = self._placements.pop(name, None)
+        if p is None:
+            return
+        self._allocator.release(p)
+        self._owners.pop(name, None)
+        for key in [k for k in self._cache if k[0] == name]:
+            del self._cache[key]
+
+    def restore(self, placement, owner=None):
+        """Put back a released placement on its own circuits (undoing a failed re-placement)."""
+        self._allocator.claim(placement)
+        self._placements[placement.name] = placement
+        if owner is not None:
+            self._owners[placement.name] = weakref.ref(owner)
+
+    def network_index(self, network):
+        """A small integer per network placed on this chip, in the order they were first placed:
+        the same in every process that builds and converts its networks in the same order, so
+        placement names (and a resumed run's circuits) stay the same."""
+        for i, ref in enumerate(self._networks):
+            if ref() is network:
+                return i
+        self._networks.append(weakref.ref(network))
+        return len(self._networks) - 1
 
     def free_name(self, prefix):
         """The first name prefix0, prefix1, ... (from the number of placements on) not yet placed."""
@@ -378,6 +407,7 @@ class Chip:
         # modules): a pickled or copied chip starts with its placements unclaimed
         state = self.__dict__.copy()
         state["_owners"] = {}
+        state["_networks"] = []
         return state
 
     def __repr__(self):

@@ -167,6 +167,10 @@ class Allocator:
         check_allocation(f"placing layer {name!r} ({n_out} neurons x {n_in} inputs)",
                          BYTES_PER_SYNAPSE * n_out * n_in, "cpu")
 
+    def release(self, placement):
+        """Give a placement's circuits back."""
+        self.used.difference_update(c for group in placement.circuits for c in group)
+
     def claim(self, placement):
         """Mark a saved placement's circuits used (Chip.from_state_dict); refuses overlaps and, on
         a strict chip, what the chip could not hold."""

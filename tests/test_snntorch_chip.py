@@ -79,7 +79,7 @@ def test_recurrent_layer_runs_with_chip_recurrence():
                         snn.Leaky(0.9, init_hidden=True, output=True, reset_mechanism="none"))
     with pytest.warns(UserWarning, match="no biases"):
         convert(net, chip)
-    assert chip.placements["snntorch:1"].n_in == 8 + 6
+    assert chip.placements["snntorch:net0:1"].n_in == 8 + 6
     _, mem = forward_pass(net, 10, (torch.rand(10, 3, 8) < 0.4).float())
     mem.sum().backward()
     assert net[1].recurrent.weight.grad is not None and net[1].recurrent.weight.grad.abs().sum() > 0
@@ -125,5 +125,5 @@ def test_patch_with_a_chip_places_on_first_forward_pass():
                             snn.Leaky(0.9, init_hidden=True, output=True, reset_mechanism="none"))
     assert not chip.placements
     spk, mem = forward_pass(net, 6, torch.rand(2, 5))
-    assert set(chip.placements) == {"snntorch:1", "snntorch:3"}
+    assert set(chip.placements) == {"snntorch:net0:1", "snntorch:net0:3"}
     assert mem.shape == (6, 2, 2)

@@ -24,7 +24,6 @@ import torch
 
 from bss2_backend.chip import Chip, synapse_decays
 from bss2_backend.dynamics import compute_dtype, pack
-from bss2_backend.placement import PlacementError
 
 from .neurons import supported_kind
 
@@ -188,24 +187,15 @@ def chip_warnings(bindings, linears):
                       stacklevel=3)
 
 
-def bind(module, linear, where, chip):
-    """Place the layer (linear -> module) on the chip and return its ChipBinding."""
+def bind(module, linear, where, chip, network=0):
+    """Place the layer (linear -> module) of network number `network` (Chip.network_index) on the
+    chip as "snntorch:net<network>:<where>" and return its ChipBinding."""
     if not isinstance(chip, Chip):
         raise TypeError(f"chip must be a bss2_backend.Chip or None, got {type(chip).__name__}")
     mapping = map_neuron(module, where, chip)
     n_in, n_out = linear.in_features, linear.out_features
     chip_inputs = n_in + (n_out if mapping.recurrent != "none" else 0)
-    name = f"snntorch:{where}"
-    taken = chip.placements.get(name)
-    try:
-        placement = chip.place(name, chip_inputs, n_out, owner=module)
-    except PlacementError:
-        if taken is None:
-            raise
-        raise PlacementError(
-            f"{where}: this chip already holds a layer placed as {name!r} by another network "
-            f"(chip-mode layers are named by their position in the network), and two layers never "
-            f"share circuits; convert each network onto its own Chip") from None
+    placement = chip.place(f"snntorch:net{network}:{where}", chip_inputs, n_out, owner=module)
     return ChipBinding(chip, placement, mapping, n_in)
 
 

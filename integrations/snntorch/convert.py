@@ -5,7 +5,7 @@ from torch import nn
 from bss2_backend.dynamics import BACKENDS
 from bss2_backend.validation import check_choice
 
-from . import chip_mode
+from . import chip_mode, fused
 from .neurons import BACKEND, NEURON_KINDS, STOCK, backend_class, supported_kind
 
 NAMES = {kind: name for name, kind in NEURON_KINDS.items()}
@@ -51,7 +51,6 @@ def convert(model, chip=None, backend="auto"):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice("backend", backend, BACKENDS)
     if chip is not None:
-        # refused before anything changes: the model is never left half converted by these
         from bss2_backend.chip import Chip
         if not isinstance(chip, Chip):
             raise TypeError(f"chip must be a bss2_backend.Chip or None, got {type(chip).__name__}")
@@ -62,22 +61,64 @@ def convert(model, chip=None, backend="auto"):
     if not neurons:
         raise ValueError(f"model ({type(model).__name__}) contains no snntorch neurons; convert "
                          f"swaps {', '.join(STOCK)}")
-    for _, m in neurons:
-        m.__class__ = backend_class(m)
-        m._bss2_backend = backend
-        m._bss2_binding = None
-        m.__dict__.pop("_bss2_pending_chip", None)
-    if chip is not None:
-        _bind(model, chip)
+    # everything that can be refused is refused before anything changes: a failed convert leaves
+    # the model, its earlier placements and the chip as they were
+    layers = _chip_layers(model, chip) if chip is not None else []
+    before = [(m, m.__class__, {k: m.__dict__[k] for k in ATTRS if k in m.__dict__})
+              for _, m in neurons]
+    released = _release(model)
+    placed = []
+    try:
+        for _, m in neurons:
+            m.__class__ = backend_class(m)
+            m._bss2_backend = backend
+            m._bss2_binding = None
+            m.__dict__.pop("_bss2_pending_chip", None)
+            # the fused op's plan is decided here, so torch.compile never traces its deciding
+            for multistep in (False, True):
+                fused.plan(m, None, multistep)
+        if chip is not None:
+            index = chip.network_index(model)
+            for name, neuron, _, linear in layers:
+                neuron._bss2_binding = chip_mode.bind(neuron, linear, name, chip, index)
+                placed.append(neuron._bss2_binding)
+            chip_mode.chip_warnings([(n, m) for n, m, _, _ in layers],
+                                    [(ln, lin) for _, _, ln, lin in layers])
+    except BaseException:
+        for binding in placed:
+            binding.chip.release(binding.placement.name)
+        for m, cls, attrs in before:
+            m.__class__ = cls
+            for k in ATTRS:
+                m.__dict__.pop(k, None)
+            m.__dict__.update(attrs)
+        for owner_chip, placement, owner in released:
+            owner_chip.restore(placement, owner)
+        raise
     return model
 
 
-def _bind(model, chip):
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"chip mode needs an nn.Sequential model (Linear -> neuron layers, run by "
-                        f"forward_pass); got {type(model).__name__}")
+# what convert sets on a neuron (and revert removes)
+ATTRS = ("_bss2_binding", "_bss2_backend", "_bss2_pending_chip")
+
+
+def _release(model):
+    """Free the circuits of the model's chip-mode layers; returns what was freed, to restore."""
+    freed = []
+    for _, m in neurons_of(model):
+        binding = m.__dict__.get("_bss2_binding")
+        if binding is not None and binding.chip.placements.get(binding.placement.name) is not None:
+            binding.chip.release(binding.placement.name)
+            freed.append((binding.chip, binding.placement, m))
+    return freed
+
+
+def _chip_layers(model, chip):
+    """[(name, neuron, linear name, linear)] of an nn.Sequential in chip mode, checked: every neuron follows
+    its nn.Linear (the synapse array that feeds it), maps onto the chip (chip_mode.map_neuron),
+    and nothing between layers lacks a counterpart on the chip."""
     seq = sequence_of(model)
-    bindings, linears = [], []
+    layers = []
     for i, (name, m) in enumerate(seq):
         kind = supported_kind(m)
         if isinstance(m, nn.Linear):
@@ -85,19 +126,18 @@ def _bind(model, chip):
             if nxt is None or supported_kind(nxt) is None:
                 raise ValueError(f"chip mode: nn.Linear {name!r} must be followed by an snntorch neuron "
                                  f"(the chip's synapse array feeds its neurons)")
-            linears.append((name, m))
         elif kind is not None:
             prev = seq[i - 1][1] if i > 0 else None
             if not isinstance(prev, nn.Linear):
                 raise ValueError(f"chip mode: neuron {name!r} must follow an nn.Linear (its synapse "
                                  f"array on the chip), got {type(prev).__name__ if prev is not None else 'nothing'}")
-            m._bss2_binding = chip_mode.bind(m, prev, name, chip)
-            bindings.append((name, m))
+            chip_mode.map_neuron(m, name, chip)
+            layers.append((name, m, seq[i - 1][0], prev))
         elif not isinstance(m, CHIP_PASSTHROUGH):
             raise ValueError(f"chip mode: {type(m).__name__} {name!r} has no counterpart on the chip; "
                              f"supported: nn.Linear -> Leaky/Synaptic/RLeaky/RSynaptic layers with "
                              f"nn.Flatten, nn.Dropout or nn.Identity between them")
-    chip_mode.chip_warnings(bindings, linears)
+    return layers
 
 
 # the patches in force, oldest first: snntorch's names always show the newest one's classes, and
@@ -173,11 +213,11 @@ def is_chip_bound(model):
 
 
 def revert(model):
-    """Undo convert: the model's neurons become snntorch's own classes again (chip bindings are dropped;
-    placements stay on the chip)."""
+    """Undo convert: the model's neurons become snntorch's own classes again, and the circuits of
+    its chip-mode layers are freed."""
+    _release(model)
     for _, m in neurons_of(model):
         m.__class__ = STOCK[NAMES[supported_kind(m)]]
-        for attr in ("_bss2_binding", "_bss2_backend", "_bss2_pending_chip"):
+        for attr in ATTRS:
             m.__dict__.pop(attr, None)
     return model
-

@@ -53,8 +53,42 @@ def _param_tensors(module):
     return [(n, getattr(module, n)) for n in names]
 
 
+def plan(module, input_, multistep=False):
+    """(reason, spec): why the fused op cannot run this module (None when it can) and its
+    NeuronSpec. Cached on the module while what they depend on stays: the surrogate closure, the
+    update function, reset_mechanism_val (the tensor and its in-place version), reset_delay,
+    inhibition, state_quant and the parameters (objects and dtypes). While torch.compile traces,
+    the cache is read without the checks (the plan is fixed at convert time and dynamo guards the
+    module's attributes), so the per-step path has no graph break."""
+    cache = module.__dict__.setdefault("_bss2_plans", {})
+    if torch.compiler.is_compiling() and multistep in cache:
+        reason, spec = cache[multistep][1]
+    else:
+        rv = module.reset_mechanism_val
+        key = (module.spike_grad, module.state_function, rv, rv._version,
+               getattr(module, "reset_delay", True), module.inhibition, module.state_quant,
+               *(x for _, p in _param_tensors(module) for x in (p, p.dtype)))
+        hit = cache.get(multistep)
+        if hit is not None and len(hit[0]) == len(key) and all(
+                a is b or (type(a) in (int, bool) and a == b) for a, b in zip(hit[0], key)):
+            reason, spec = hit[1]
+        else:
+            reason = _reason(module, multistep)
+            spec = spec_of(module, multistep) if reason is None else None
+            cache[multistep] = (key, (reason, spec))
+    if reason is None and input_ is not None and \
+            (not isinstance(input_, torch.Tensor) or input_.dtype != torch.float32):
+        got = input_.dtype if isinstance(input_, torch.Tensor) else type(input_).__name__
+        reason = f"the input is {got} (the fused op runs float32, as snntorch's spikes are)"
+    return reason, spec
+
+
 def unfusable_reason(module, input_, multistep=False):
     """Why the fused op cannot run this module (None when it can)."""
+    return plan(module, input_, multistep)[0]
+
+
+def _reason(module, multistep):
     kind = supported_kind(module)
     if kind == "alpha":
         return "Alpha has no fused kernel (its three-state update is not in the kernel family)"
@@ -67,11 +101,9 @@ def unfusable_reason(module, input_, multistep=False):
         return (f"spike_grad {getattr(fn, '__qualname__', type(fn).__name__)} is not one of the fused "
                 f"surrogates ({', '.join(SURROGATE_IDS)})")
     for name, p in _param_tensors(module):
-        if p.dtype != torch.float32:
+        # integer constants (threshold=1 makes an int64 buffer) compute exactly as float32 does
+        if p.dtype != torch.float32 and (p.is_floating_point() or p.is_complex()):
             return f"{name} is {p.dtype} (the fused op runs float32)"
-    if input_ is not None and (not isinstance(input_, torch.Tensor) or input_.dtype != torch.float32):
-        got = input_.dtype if isinstance(input_, torch.Tensor) else type(input_).__name__
-        return f"the input is {got} (the fused op runs float32, as snntorch's spikes are)"
     if multistep and kind in ("rleaky", "rsynaptic") and module.all_to_all and \
             not isinstance(module.recurrent, nn.Linear):
         return "convolutional recurrence (conv2d_channels) runs per step"
@@ -82,10 +114,7 @@ def spec_of(module, multistep):
     kind = supported_kind(module)
     delay = bool(getattr(module, "reset_delay", True))
     if kind == "rsynaptic" and not delay:
-        notice_once("rsynaptic_delay",
-                    "RSynaptic(reset_delay=False): snntorch 1.0 discards that branch's result (or "
-                    "raises when no spk is passed), so the backend runs it as reset_delay=True, which "
-                    "is what snntorch 1.0 computes")
+        # snntorch 1.0 discards that branch's result: reset_delay=True is what it computes
         delay = True
     rec = REC_NONE
     if kind in ("rleaky", "rsynaptic"):
@@ -101,6 +130,14 @@ def spec_of(module, multistep):
                       zero_before_decay=kind == "leaky", delay=delay,
                       late_reset=int(module.reset_mechanism_val), surrogate=surrogate,
                       surrogate_param=param)
+
+
+def _say_rsynaptic_delay(module, kind):
+    if kind == "rsynaptic" and not getattr(module, "reset_delay", True):
+        notice_once("rsynaptic_delay",
+                    "RSynaptic(reset_delay=False): snntorch 1.0 discards that branch's result (or "
+                    "raises when no spk is passed), so the backend runs it as reset_delay=True, which "
+                    "is what snntorch 1.0 computes")
 
 
 def _inputs(module, kind, x):
@@ -129,7 +166,7 @@ def _run(module, kind, spec, x, states, backend):
 
 def _dense_by_steps(module, kind, x, current):
     """Recurrence too wide for one tile: the recurrent GEMM per step, the neuron op per step."""
-    spec = spec_of(module, multistep=False)
+    spec = plan(module, None, multistep=False)[1]
     outs, states = [], dict(current)
     for t in range(x.shape[0]):
         spk, syn, mem = _run(module, kind, spec, x[t:t + 1], states, "triton")
@@ -160,7 +197,8 @@ def step(module, input_, states):
     current = _prologue(module, kind, input_.shape, input_)
     if any(s.dtype != torch.float32 for s in current.values()):
         return None
-    spec = spec_of(module, multistep=False)
+    spec = plan(module, input_, multistep=False)[1]
+    _say_rsynaptic_delay(module, kind)
     module.reset = (current["mem"] > module.threshold).float()
     spk, syn, mem = _run(module, kind, spec, input_.unsqueeze(0), current, module._bss2_backend)
     spk, mem = spk[0].clone(), mem[0].clone()
@@ -181,7 +219,8 @@ def multistep(module, x):
     if x.dtype != torch.float32 or any(s.dtype != torch.float32 for s in current.values()):
         raise TypeError(f"{type(module).__name__}: the fused forward_pass runs float32 inputs and "
                         f"state; got input {x.dtype}")
-    spec = spec_of(module, multistep=True)
+    spec = plan(module, x, multistep=True)[1]
+    _say_rsynaptic_delay(module, kind)
     backend = resolve_backend(module._bss2_backend, x.device)
     if spec.rec == REC_DENSE and backend == "triton" and x.shape[-1] > DENSE_MAX_FEATURES:
         spk, syn, mem = _dense_by_steps(module, kind, x, current)

@@ -38,6 +38,17 @@ def supported_kind(module):
     return None
 
 
+class _BackendType(type):
+    """The backend classes' metaclass: isinstance(x, backend.Leaky) holds for every snntorch.Leaky,
+    also one built before patch(). While a patch is active snntorch.Leaky *is* the backend class,
+    and snntorch's own helpers (utils.reset, backprop's BPTT/TBPTT/RTRL, _final_layer_check) test
+    isinstance against that name."""
+
+    def __instancecheck__(cls, obj):
+        stock = getattr(cls, "_bss2_stock", None)
+        return isinstance(obj, stock) if stock is not None else super().__instancecheck__(obj)
+
+
 class _BackendNeuron:
     """What every backend neuron adds to its snntorch parent."""
     _bss2_binding = None          # ChipBinding in chip mode
@@ -79,37 +90,37 @@ class _BackendNeuron:
         return base
 
 
-class Leaky(_BackendNeuron, snn.Leaky):
+class Leaky(_BackendNeuron, snn.Leaky, metaclass=_BackendType):
     def forward(self, input_, mem=None):
         out = self._bss2_step(input_, {"mem": mem})
         return super().forward(input_, mem) if out is None else out
 
 
-class Synaptic(_BackendNeuron, snn.Synaptic):
+class Synaptic(_BackendNeuron, snn.Synaptic, metaclass=_BackendType):
     def forward(self, input_, syn=None, mem=None):
         out = self._bss2_step(input_, {"syn": syn, "mem": mem})
         return super().forward(input_, syn, mem) if out is None else out
 
 
-class RLeaky(_BackendNeuron, snn.RLeaky):
+class RLeaky(_BackendNeuron, snn.RLeaky, metaclass=_BackendType):
     def forward(self, input_, spk=None, mem=None):
         out = self._bss2_step(input_, {"spk": spk, "mem": mem})
         return super().forward(input_, spk, mem) if out is None else out
 
 
-class RSynaptic(_BackendNeuron, snn.RSynaptic):
+class RSynaptic(_BackendNeuron, snn.RSynaptic, metaclass=_BackendType):
     def forward(self, input_, spk=None, syn=None, mem=None):
         out = self._bss2_step(input_, {"spk": spk, "syn": syn, "mem": mem})
         return super().forward(input_, spk, syn, mem) if out is None else out
 
 
-class Lapicque(_BackendNeuron, snn.Lapicque):
+class Lapicque(_BackendNeuron, snn.Lapicque, metaclass=_BackendType):
     def forward(self, input_, mem=None):
         out = self._bss2_step(input_, {"mem": mem})
         return super().forward(input_, mem) if out is None else out
 
 
-class Alpha(_BackendNeuron, snn.Alpha):
+class Alpha(_BackendNeuron, snn.Alpha, metaclass=_BackendType):
     def forward(self, input_, syn_exc=None, syn_inh=None, mem=None):
         self._bss2_chip_guard()
         notice_once("Alpha", "Alpha: no fused kernel (its three-state update is not in the kernel "
@@ -120,6 +131,7 @@ class Alpha(_BackendNeuron, snn.Alpha):
 BACKEND = {"Leaky": Leaky, "Synaptic": Synaptic, "RLeaky": RLeaky, "RSynaptic": RSynaptic,
            "Lapicque": Lapicque, "Alpha": Alpha}
 for _name, _cls in BACKEND.items():
+    _cls._bss2_stock = STOCK[_name]
     _cls.__doc__ = (f"snntorch.{_name} on the bss2_backend (same constructor, forward, state and "
                     f"state_dict as snntorch.{_name}).")
 
