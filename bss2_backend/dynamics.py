@@ -142,7 +142,7 @@ def execute(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto")
     """run() for callers that validated the inputs themselves (the chip layers: their spikes and
     weights); the membrane is still checked."""
     impl = resolve_backend(backend, x_exc.device)
-    z, u = chip_lif(x_exc, x_inh, *packed, config, seed, recurrence=recurrence, impl=impl)
+    z, u, _ = chip_lif(x_exc, x_inh, *packed, config, seed, recurrence=recurrence, impl=impl)
     return z, check_output("cuba_lif" if config.spiking else "li", u, x_exc.dtype)
 
 

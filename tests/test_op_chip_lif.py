@@ -465,7 +465,7 @@ def test_compiled_chip_sized_shapes_match_twin(N, recurrent):
 N = 5
 
 
-def _op_args(impl, recurrent, spiking=True, x_inh=True):
+def _op_args(impl, recurrent, spiking=True, x_inh=True, state=False):
     p = LIFParams.uniform(N, a_mem=0.2, a_syn_exc=0.3, ref_steps=1, device=DEVICE)
     packed = pack(p, p, ReadoutParams(torch.randn(N, device=DEVICE), 0.0, True), torch.float32,
                   DEVICE)
@@ -475,25 +475,36 @@ def _op_args(impl, recurrent, spiking=True, x_inh=True):
     we = torch.rand(N, N, device=DEVICE) if recurrent else None
     wi = torch.rand(N, N, device=DEVICE) if recurrent else None
     cfg = op_config(ReadoutParams(torch.zeros(N), 0.0, True), 0.0, Surrogate("atan", 4.0),
-                    spiking, False)._replace(has_inh=x_inh or recurrent)
-    return (x, xi, *packed, w, we, wi, torch.tensor(3), *flatten(cfg), impl), cfg
+                    spiking, False)._replace(has_inh=x_inh or recurrent, has_state=state)
+    s0 = [None] * 5
+    if state:
+        rnd = lambda: torch.rand(3, N, device=DEVICE).requires_grad_()
+        s0 = [rnd(), rnd(), rnd(), torch.randint(0, 2, (3, N), dtype=torch.int32, device=DEVICE),
+              (torch.rand(3, N, device=DEVICE) < 0.5).float().requires_grad_()]
+    return (x, xi, *packed, w, we, wi, torch.tensor(3), torch.tensor(7), *s0, *flatten(cfg),
+            impl), cfg
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("recurrent,spiking,x_inh", [
-    (False, True, True), (True, True, False), (False, False, True)])
-def test_forward_op_passes_opcheck(impl, recurrent, spiking, x_inh):
-    args, _ = _op_args(impl, recurrent, spiking, x_inh)
+@pytest.mark.parametrize("recurrent,spiking,x_inh,state", [
+    (False, True, True, False), (True, True, False, False), (False, False, True, False),
+    (True, True, True, True), (False, False, False, True)])
+def test_forward_op_passes_opcheck(impl, recurrent, spiking, x_inh, state):
+    args, _ = _op_args(impl, recurrent, spiking, x_inh, state)
     torch.library.opcheck(op.OP.fwd, args)
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_backward_op_passes_opcheck(impl):
-    args, cfg = _op_args(impl, True)
-    z, u, free = op.OP.fwd(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+@pytest.mark.parametrize("state", [False, True])
+def test_backward_op_passes_opcheck(impl, state):
+    args, cfg = _op_args(impl, True, state=state)
+    z, u, v, ie, ii, free, ref = op.OP.fwd(
+        *(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
     g = torch.randn_like(u)
-    nom, w = args[5], args[6].detach()
-    torch.library.opcheck(op.OP.bwd, (z, u, free, nom, w, g, g, *flatten(cfg), impl))
+    g_state = [torch.randn_like(v) for _ in range(3)] if state else [None] * 3
+    nom, w, z0 = args[5], args[6].detach(), None if args[15] is None else args[15].detach()
+    torch.library.opcheck(op.OP.bwd, (z, u, free, nom, w, z0, g, g, *g_state, *flatten(cfg),
+                                      impl))
 
 
 def _loss(x, xi, w):
@@ -619,20 +630,26 @@ def test_kernels_compile_for_sm90_within_shared_memory():
             assert ck.metadata.shared <= 227 * 1024, (fn.__name__, ck.metadata.shared)
         f = "*fp32"
         fwd = {"x_exc": f, "x_inh": f, "par": f, "ref_steps": "*i32", "offset": f, "w_exc_t": f,
-               "w_inh_t": f, "z": f, "u": f, "free": "*u8", "seed": "i32", "sigma_mem": "fp32",
-               "sigma_read": "fp32", "unit": "fp32", "zero": "fp32", "inv_unit": "fp32",
-               "T": "i32", "B": "i32", "N": "i32"}
-        bwd = {"g_z": f, "g_u": f, "z": f, "u": f, "free": "*u8", "nom": f, "w": f, "g_exc": f,
-               "g_inh": f, "alpha": "fp32", "T": "i32", "B": "i32", "N": "i32"}
+               "w_inh_t": f, "v0": f, "ie0": f, "ii0": f, "ref0": "*i32", "z0": f, "z": f, "u": f,
+               "free": "*u8", "v_out": f, "ie_out": f, "ii_out": f, "ref_out": "*i32",
+               "seed": "i32", "noise_base": "i64", "sigma_mem": "fp32", "sigma_read": "fp32",
+               "unit": "fp32", "zero": "fp32", "inv_unit": "fp32", "T": "i32", "B": "i32",
+               "N": "i32"}
+        bwd = {"g_z": f, "g_u": f, "z": f, "u": f, "free": "*u8", "nom": f, "w": f, "g_vT": f,
+               "g_ieT": f, "g_iiT": f, "g_exc": f, "g_inh": f, "g_v0": f, "g_ie0": f, "g_ii0": f,
+               "g_z0": f, "alpha": "fp32", "T": "i32", "B": "i32", "N": "i32"}
         for n, recurrent in ((246, False), (1024, True)):
             # feed-forward tiles are autotuned on a GPU: the largest config is the one to check
             bb, bn, bk, warps = k._blocks(256, n, True) if recurrent else (*k.FF_CONFIGS[-1][:2], 16, k.FF_CONFIGS[-1][2])
             blocks = dict(BB=bb, BN=bn, BK=bk, PRECISION="tf32x3")
-            build(k.chip_lif_fwd_kernel, fwd, dict(HAS_INH=True, HAS_REC=recurrent, SPIKING=True,
-                  QUANTISE=True, MEM_NOISE=True, READ_NOISE=True, **blocks), recurrent, warps)
+            for state in (False, True):
+                build(k.chip_lif_fwd_kernel, fwd, dict(HAS_INH=True, HAS_REC=recurrent,
+                      SPIKING=True, QUANTISE=True, MEM_NOISE=True, READ_NOISE=True,
+                      HAS_STATE=state, **blocks), recurrent, warps)
             for kind in range(len(sg.NAMES)):
                 build(k.chip_lif_bwd_kernel, bwd, dict(HAS_GZ=True, HAS_GU=True, HAS_INH=True,
-                      HAS_REC=recurrent, SPIKING=True, KIND=kind, **blocks), recurrent, warps)
+                      HAS_REC=recurrent, SPIKING=True, KIND=kind, HAS_GSTATE=kind == 1,
+                      STATE_GRADS=kind == 1, **blocks), recurrent, warps)
         print("compiled")
     """
     r = _python(code, _env_without_interpreter())
@@ -655,3 +672,54 @@ def test_a_chip_packs_each_layer_once():
 
 def test_the_kernels_cadc_range_is_the_chips():
     assert (op.CADC_MIN, op.CADC_MAX) == (bb.constants.CADC_MIN, bb.constants.CADC_MAX)
+
+
+# --- a run in pieces: the state carried from call to call ----------------------------------------
+def _run_pieces(impl, x_exc, x_inh, packed, cfg, rec, pieces, seed=5):
+    state, step, zs, us = None, 0, [], []
+    for n in pieces:
+        z, u, state = op.chip_lif(x_exc[step:step + n], None if x_inh is None else x_inh[step:step + n],
+                                  *packed, cfg, seed, recurrence=rec, impl=impl, state=state,
+                                  step=step)
+        zs.append(z)
+        us.append(u)
+        step += n
+    return torch.cat(zs), torch.cat(us)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("recurrent,spiking,pieces", [
+    (False, True, (1, 1, 1, 1, 1, 1, 1, 1)), (False, True, (3, 5)), (True, True, (1,) * 8),
+    (True, True, (2, 1, 5)), (False, False, (4, 1, 3))])
+def test_a_run_in_pieces_equals_the_run_whole(impl, recurrent, spiking, pieces):
+    """Noise on: the same seed gives the same noise per (step, neuron) however the run is split,
+    so spikes and membranes are equal bit for bit, and so are the gradients of the inputs (the
+    recurrent weight's sums are grouped differently)."""
+    T, B, N = sum(pieces), 5, 12
+    params, nominal = random_params(N, True)
+    readout = ReadoutParams(torch.randn(N, device=DEVICE) * 3.0, 2.0, True)
+    packed = pack(params, nominal, readout, torch.float32, DEVICE)
+    cfg = op_config(readout, 1.5, Surrogate("superspike", 8.0), spiking, False)
+    x_exc, x_inh = inputs(T, B, N)
+    if recurrent:
+        x_exc = x_exc * 0.6
+    results = []
+    for split in ((T,), pieces):
+        xe, xi = x_exc.clone().requires_grad_(), x_inh.clone().requires_grad_()
+        w = rec = None
+        if recurrent:
+            torch.manual_seed(3)
+            w = (torch.randn(N, N, device=DEVICE) * 0.3).requires_grad_()
+            rec = (w, torch.full((N, N), 0.125, device=DEVICE),
+                   torch.full((N, N), 0.0625, device=DEVICE))
+        z, u = _run_pieces(impl, xe, xi, packed, cfg, rec, split)
+        g = torch.Generator().manual_seed(9)
+        loss = (u * torch.randn(u.shape, generator=g).to(DEVICE)).sum() + \
+            (z * torch.randn(z.shape, generator=g).to(DEVICE)).sum()
+        leaves = [xe, xi] + ([w] if recurrent else [])
+        grads = torch.autograd.grad(loss, leaves)
+        results.append({"z": z, "u": u, "g_exc": grads[0], "g_inh": grads[1],
+                        "g_w": grads[2] if recurrent else None})
+    assert results[0]["z"].sum() > 0 or not spiking
+    compare(*results, grads=TOL["grad_recurrent"], exact=("z", "u"))
+    torch.testing.assert_close(results[1]["g_exc"], results[0]["g_exc"], rtol=1e-6, atol=1e-7)

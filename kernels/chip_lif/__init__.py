@@ -36,6 +36,18 @@ class ChipLIFConfig(NamedTuple):
     alpha: float                # its steepness
     mirrored: bool              # equal nominal exc/inh decays: dL/dx_inh = -dL/dx_exc
     has_inh: bool = False       # an inhibitory current exists (x_inh or recurrence): set by chip_lif
+    has_state: bool = False     # the run continues from a given state: set by chip_lif
+
+
+class ChipState(NamedTuple):
+    """The chip's true state between two steps of a run, [B, N] each: the membrane after the
+    step's reset and the synaptic currents (model units), the refractory counter (int32), and the
+    step's spikes (the recurrent input of the next step)."""
+    v: torch.Tensor
+    i_exc: torch.Tensor
+    i_inh: torch.Tensor
+    ref: torch.Tensor
+    z: torch.Tensor
 
 
 def _impl(impl):
@@ -46,17 +58,27 @@ def _impl(impl):
     return reference
 
 
-def _forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed):
-    return _impl(impl).forward(config, x_exc, x_inh, par, ref, offset, w_exc, w_inh,
-                               int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
+def _int(t):
+    """An int argument that is a 0-d CPU tensor while torch.compile traces (no recompilation per
+    value), a plain int otherwise."""
+    return int(t.item()) if isinstance(t, torch.Tensor) else t
 
 
-def _fake_forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed):
-    shape = x_exc.shape
+def _forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed, step,
+             v0, ie0, ii0, ref0, z0):
+    return _impl(impl).forward(config, x_exc, x_inh, par, ref, offset, w_exc, w_inh, _int(seed),
+                               _int(step), v0, ie0, ii0, ref0, z0)
+
+
+def _fake_forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed,
+                  step, v0, ie0, ii0, ref0, z0):
+    T, B, N = x_exc.shape
     # the twin keeps its mask as bool, the kernels store one byte per element
-    free = x_exc.new_empty(shape if config.spiking else (0,),
+    free = x_exc.new_empty((T, B, N) if config.spiking else (0,),
                            dtype=torch.bool if impl == "torch" else torch.uint8)
-    return x_exc.new_empty(shape, dtype=par.dtype), x_exc.new_empty(shape, dtype=par.dtype), free
+    full = lambda *shape: x_exc.new_empty(shape, dtype=par.dtype)
+    return (full(T, B, N), full(T, B, N), full(B, N), full(B, N), full(B, N), free,
+            x_exc.new_empty((B, N), dtype=torch.int32))
 
 
 def _own_inh(config, impl):
@@ -65,57 +87,72 @@ def _own_inh(config, impl):
     return config.has_inh and not (config.mirrored and impl == "torch")
 
 
-def _backward(config, impl, z, u, free, nom, w_rec, g_z, g_u):
-    g_exc, g_inh = _impl(impl).backward(config, g_z, g_u, z, u, free, nom, w_rec)
-    g_w = recurrent_weight_grad(g_exc, g_inh, z, w_rec) if w_rec is not None else None
-    return [g_exc, g_inh, g_w]
+def _backward(config, impl, z, u, free, nom, w_rec, z0, g_z, g_u, g_v, g_ie, g_ii):
+    g_exc, g_inh, g_v0, g_ie0, g_ii0, g_z0 = _impl(impl).backward(
+        config, g_z, g_u, z, u, free, nom, w_rec, g_v, g_ie, g_ii)
+    g_w = recurrent_weight_grad(g_exc, g_inh, z, w_rec, z0) if w_rec is not None else None
+    return [g_exc, g_inh, g_w, g_v0, g_ie0, g_ii0, g_z0]
 
 
-def _fake_backward(config, impl, z, u, free, nom, w_rec, g_z, g_u):
-    return [u.new_empty(u.shape), u.new_empty(u.shape if _own_inh(config, impl) else (0,)),
-            u.new_empty(w_rec.shape if w_rec is not None else (0,))]
+def _fake_backward(config, impl, z, u, free, nom, w_rec, z0, g_z, g_u, g_v, g_ie, g_ii):
+    T, B, N = u.shape
+    shape = lambda cond, *s: u.new_empty(s if cond else (0,))
+    state = config.has_state
+    return [u.new_empty(u.shape), shape(_own_inh(config, impl), T, B, N),
+            shape(w_rec is not None, *(w_rec.shape if w_rec is not None else ())),
+            shape(state, B, N), shape(state, B, N), shape(state, B, N),
+            shape(state and w_rec is not None, B, N)]
 
 
 def _save(ctx, config, inputs, output):
     x_exc, x_inh, par, ref, offset, nom, w_rec = inputs[:7]
-    z, u, free = output
+    z0 = inputs[15]
+    z, u, v, ie, ii, free, ref_out = output
     ctx.dtypes = (x_exc.dtype, None if x_inh is None else x_inh.dtype)
-    return z, u, free, nom, w_rec
+    return z, u, free, nom, w_rec, z0
 
 
 def _gradients(ctx, config, results):
-    g_exc, g_inh, g_w = (None if t is None or t.numel() == 0 else t for t in results)
+    g_exc, g_inh, g_w, g_v0, g_ie0, g_ii0, g_z0 = (
+        None if t is None or t.numel() == 0 else t for t in results)
     g_x_inh = None
     if ctx.dtypes[1] is not None:
         g_x_inh = (-g_exc if g_inh is None else g_inh).to(ctx.dtypes[1])
-    return g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None, None
+    return (g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None, None, None,
+            g_v0, g_ie0, g_ii0, None, g_z0)
 
 
-def recurrent_weight_grad(g_exc, g_inh, z, w_rec):
-    """dL/dW[post, pre] = sum_{t>=1, b} g[t, b, post] z[t-1, b, pre]: the excitatory adjoint where
-    W >= 0, minus the inhibitory one where W < 0 (one GEMM when they mirror each other). One GEMM
-    per sign over all T*B rows after the reverse sweep."""
+def recurrent_weight_grad(g_exc, g_inh, z, w_rec, z0=None):
+    """dL/dW[post, pre] = sum_{t, b} g[t, b, post] z[t-1, b, pre] (z[-1] = z0, the spikes before
+    the run, or none): the excitatory adjoint where W >= 0, minus the inhibitory one where W < 0
+    (one GEMM when they mirror each other). One GEMM per sign over all rows after the sweep."""
     T, B, N = z.shape
-    if T == 1:
-        return torch.zeros_like(w_rec)
-    z_prev = z[:-1].reshape(-1, N)
-    ge = g_exc[1:].reshape(-1, N).t() @ z_prev
-    if g_inh is None:
+    if z0 is None:
+        if T == 1:
+            return torch.zeros_like(w_rec)
+        z_prev, g_e, g_i = z[:-1], g_exc[1:], None if g_inh is None else g_inh[1:]
+    else:
+        z_prev = torch.cat([z0.to(z.dtype).unsqueeze(0), z[:-1]])
+        g_e, g_i = g_exc, g_inh
+    z_prev = z_prev.reshape(-1, N)
+    ge = g_e.reshape(-1, N).t() @ z_prev
+    if g_i is None:
         return ge.to(w_rec.dtype)
-    gi = g_inh[1:].reshape(-1, N).t() @ z_prev
+    gi = g_i.reshape(-1, N).t() @ z_prev
     return torch.where(w_rec >= 0, ge, -gi).to(w_rec.dtype)
 
 
 OP = FusedOp(
     "chip_lif", ChipLIFConfig,
-    inputs=("x_exc", "x_inh?", "par", "ref", "offset", "nom", "w_rec?", "w_exc?", "w_inh?", "seed"),
-    outputs=3, saved=("z", "u", "free", "nom", "w_rec?"), grad_outputs=2,
+    inputs=("x_exc", "x_inh?", "par", "ref", "offset", "nom", "w_rec?", "w_exc?", "w_inh?", "seed",
+            "step", "v0?", "ie0?", "ii0?", "ref0?", "z0?"),
+    outputs=7, saved=("z", "u", "free", "nom", "w_rec?", "z0?"), grad_outputs=5,
     forward=_forward, fake_forward=_fake_forward, backward=_backward, fake_backward=_fake_backward,
     save=_save, gradients=_gradients)
 
 
 def chip_lif(x_exc, x_inh, par, ref, offset, nom, config, seed, *, recurrence=None,
-             impl="torch"):
+             impl="torch", state=None, step=0):
     """Run the chip's LIF population (config.spiking) or LI readout over all steps.
 
     Args:
@@ -126,10 +163,14 @@ def chip_lif(x_exc, x_inh, par, ref, offset, nom, config, seed, *, recurrence=No
             postsynaptic), w_exc / w_inh the non-negative effective weights the chip realises,
             applied to the previous step's spikes.
         impl: "torch" (the twin) or "triton" (the fused kernels).
+        state: None (the run starts at rest) or the ChipState a previous call of the same run
+            returned; step: the index of x's first step in its run. The noise of a step depends on
+            (seed, step, neuron) only, so a run computed in pieces equals the run computed whole.
 
     Returns:
-        (spikes, membrane) [T, B, N] in x_exc's dtype: spikes 0/1, and the read membrane sampled
-        before the step's reset. Differentiable w.r.t. x_exc, x_inh and w (the in-the-loop rule).
+        (spikes, membrane, state): spikes 0/1 and the read membrane (sampled before the step's
+        reset) [T, B, N] in x_exc's dtype, and the ChipState after the last step.
+        Differentiable w.r.t. x_exc, x_inh, w and the state (the in-the-loop rule).
     """
     if impl not in _backend.IMPLEMENTATIONS:
         raise ValueError(f"impl={impl!r}; choose one of {_backend.IMPLEMENTATIONS}")
@@ -138,11 +179,19 @@ def chip_lif(x_exc, x_inh, par, ref, offset, nom, config, seed, *, recurrence=No
         w_rec, w_exc, w_inh = recurrence
         if not config.spiking:
             raise ValueError("recurrence needs spiking=True: a leaky integrator emits no spikes")
-    config = config._replace(has_inh=x_inh is not None or w_rec is not None)
+    config = config._replace(has_inh=x_inh is not None or w_rec is not None,
+                             has_state=state is not None)
     if impl == "triton":
         _backend.check_triton_device(x_exc.device)
         x_exc = x_exc.contiguous()
         x_inh = None if x_inh is None else x_inh.contiguous()
-    seed = torch.tensor(int(seed), dtype=torch.int64) if torch.compiler.is_compiling() else int(seed)
-    z, u, _ = OP(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed)
-    return z.to(x_exc.dtype), u.to(x_exc.dtype)
+    v0 = ie0 = ii0 = ref0 = z0 = None
+    if state is not None:
+        v0, ie0, ii0, ref0, z0 = state
+        z0 = z0 if w_rec is not None else None
+    if torch.compiler.is_compiling():
+        seed, step = torch.tensor(int(seed)), torch.tensor(int(step))
+    z, u, v, ie, ii, _, ref_out = OP(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec,
+                                     w_exc, w_inh, int(seed) if isinstance(seed, int) else seed,
+                                     step, v0, ie0, ii0, ref0, z0)
+    return z.to(x_exc.dtype), u.to(x_exc.dtype), ChipState(v, ie, ii, ref_out, z[-1])

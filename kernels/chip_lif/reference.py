@@ -40,10 +40,29 @@ def read_(v, offset, quantise, unit, zero, noise=None, out=None):
     return code_(v, offset, unit, zero, noise, out).sub_(zero).mul_(1.0 / unit)
 
 
-def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
-    """(z, u, free) [T, B, N] in the packed parameters' dtype; free (bool) marks the steps whose
-    membrane the refractory clamp did not hold (all true when nothing can be held; empty for the
-    LI readout)."""
+def step_seed(seed, step, stream):
+    """The twin's noise seed of one step: a 64-bit mix of the run's seed, the step index of the run
+    and the stream (0 membrane, 1 readout), so a step's noise is the same whether the run is
+    computed step by step or all at once."""
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 +
+         int(stream) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed, step0=0, v0=None,
+            ie0=None, ii0=None, ref0=None, z0=None):
+    """(z, u, v, i_e, i_i, free, ref): spikes and read membranes [T, B, N] in the packed
+    parameters' dtype; the state after the last step ([B, N]: membrane after its reset, currents,
+    int32 refractory counter); free (bool [T, B, N]) marks the steps whose membrane the refractory
+    clamp did not hold (all true when nothing can be held; empty for the LI readout).
+
+    The run starts from v0, ie0, ii0, ref0 and the previous step's spikes z0 (each None: the
+    resting state: leak, no current, not refractory, no spikes) at step `step0` of its run (the
+    noise of a step depends on seed and step only)."""
     T, B, N = x_exc.shape
     cdtype, dev = par.dtype, x_exc.device
     v_leak, v_reset, v_th, a_mem, a_syn_exc, a_syn_inh = par
@@ -51,23 +70,24 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
     rec_e = rec_i = None
     if w_exc is not None:
         rec_e, rec_i = w_exc.to(dev, cdtype).t(), w_inh.to(dev, cdtype).t()
-    # membrane and readout noise come from two streams of the run's seed
+    # membrane and readout noise come from two streams, seeded per step
     mem_noise, read_noise = config.membrane_noise_lsb, config.readout_noise_lsb
-    gen_m = torch.Generator(device=dev).manual_seed(int(seed)) if mem_noise > 0 else None
-    gen_r = torch.Generator(device=dev).manual_seed(int(seed) ^ 0x5DEECE66D) if read_noise > 0 \
-        else None
+    gen_m = torch.Generator(device=dev) if mem_noise > 0 else None
+    gen_r = torch.Generator(device=dev) if read_noise > 0 else None
     sigma_m = mem_noise / config.unit_lsb
     has_inh = x_inh is not None or rec_i is not None
     spiking = config.spiking
     refractory = spiking and bool(ref_steps.any())
 
-    v = v_leak.expand(B, N).clone()              # membrane after the previous step's reset
-    vt = torch.empty(B, N, dtype=cdtype, device=dev)  # membrane of this step before the reset
-    i_e = torch.zeros(B, N, dtype=cdtype, device=dev)
-    i_i = torch.zeros(B, N, dtype=cdtype, device=dev)
-    ref = torch.zeros(B, N, dtype=torch.int32, device=dev)
+    state = lambda t, default: default() if t is None else t.to(cdtype).clone()
+    v = state(v0, lambda: v_leak.expand(B, N).clone())   # membrane after the previous reset
+    vt = torch.empty(B, N, dtype=cdtype, device=dev)      # membrane of this step before the reset
+    i_e = state(ie0, lambda: torch.zeros(B, N, dtype=cdtype, device=dev))
+    i_i = state(ii0, lambda: torch.zeros(B, N, dtype=cdtype, device=dev))
+    ref = torch.zeros(B, N, dtype=torch.int32, device=dev) if ref0 is None else \
+        ref0.to(torch.int32).clone()
     held = torch.zeros(B, N, dtype=torch.bool, device=dev)
-    z = torch.zeros(B, N, dtype=torch.bool, device=dev)
+    z = torch.zeros(B, N, dtype=torch.bool, device=dev) if z0 is None else z0 > 0
     drive = torch.empty(B, N, dtype=cdtype, device=dev)
     syn = torch.empty(B, N, dtype=cdtype, device=dev)
     z_prev = torch.empty(B, N, dtype=cdtype, device=dev) if rec_e is not None else None
@@ -89,6 +109,7 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
         drive.add_(torch.sub(i_e, i_i, out=syn) if has_inh else i_e).mul_(a_mem)
         torch.add(v, drive, out=vt)
         if noise_m is not None:
+            gen_m.manual_seed(step_seed(seed, step0 + t, 0))
             vt.add_(torch.randn(B, N, generator=gen_m, out=noise_m).mul_(sigma_m))
         i_e.mul_(keep_e).add_(x_e)
         if has_inh:
@@ -101,6 +122,7 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
         elif spiking:
             torch.gt(vt, v_th, out=z)
         if noise_r is not None:
+            gen_r.manual_seed(step_seed(seed, step0 + t, 1))
             torch.randn(B, N, generator=gen_r, out=noise_r).mul_(read_noise)
         read_(vt, offset, config.quantise, config.unit_lsb, config.zero_lsb, noise_r, out=u_out[t])
         if not spiking:
@@ -111,13 +133,16 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
         if refractory:
             ref.sub_(1).clamp_(min=0)
             torch.where(z, ref_steps, ref, out=ref)
-    return z_out, u_out, free_out
+    return z_out, u_out, v, i_e, i_i, free_out, ref
 
 
-def backward(config, g_z, g_u, z, u, free, nom, w):
-    """Reverse-time sweep of the nominal model: (g_exc, g_inh) [T, B, N], the gradients of the
-    input currents; g_inh is None when config.mirrored (then it is -g_exc). nom: [4, N] packed
-    nominal parameters; w: the recurrent weight the gradient sees (None without recurrence)."""
+def backward(config, g_z, g_u, z, u, free, nom, w, g_v=None, g_ie=None, g_ii=None):
+    """Reverse-time sweep of the nominal model. Returns (g_exc, g_inh, g_v0, g_ie0, g_ii0, g_z0):
+    the gradients of the input currents [T, B, N] (g_inh None when config.mirrored: then it is
+    -g_exc) and, with config.has_state, of the initial state [B, N] (g_z0 None without
+    recurrence; all None without a state). nom: [4, N] packed
+    nominal parameters; w: the recurrent weight the gradient sees (None without recurrence);
+    g_v, g_ie, g_ii: cotangents of the final state (None: zero)."""
     T, B, N = u.shape
     cdtype, dev = u.dtype, u.device
     v_th, a_mem, a_syn_exc, a_syn_inh = nom.to(dev, cdtype)
@@ -127,10 +152,10 @@ def backward(config, g_z, g_u, z, u, free, nom, w):
     # adjoints of i_exc / i_inh live in g_exc / g_inh themselves: dL/dx[t] = dL/di[t]
     g_exc = torch.empty(T, B, N, dtype=cdtype, device=dev)
     g_inh = torch.empty(T, B, N, dtype=cdtype, device=dev) if own_inh else None
-    g_exc[T - 1].zero_()
+    _start(g_exc[T - 1], g_ie)
     if own_inh:
-        g_inh[T - 1].zero_()
-    lam_v = torch.zeros(B, N, dtype=cdtype, device=dev)
+        _start(g_inh[T - 1], g_ii)
+    lam_v = torch.zeros(B, N, dtype=cdtype, device=dev) if g_v is None else g_v.to(cdtype).clone()
     g = torch.empty(B, N, dtype=cdtype, device=dev)
     buf = torch.empty(B, N, dtype=cdtype, device=dev)
     gate = torch.empty(B, N, dtype=cdtype, device=dev)
@@ -163,4 +188,23 @@ def backward(config, g_z, g_u, z, u, free, nom, w):
             torch.mul(g_exc[t], keep_e, out=g_exc[t - 1]).addcmul_(g, a_mem)
             if own_inh:
                 torch.mul(g_inh[t], keep_i, out=g_inh[t - 1]).addcmul_(g, a_mem, value=-1.0)
-    return g_exc, g_inh
+    if not config.has_state:
+        return g_exc, g_inh, None, None, None, None
+    # the state before the first step: the same recurrences one step further
+    g_ie0 = torch.mul(g_exc[0], keep_e).addcmul_(g, a_mem)
+    if own_inh:
+        g_ii0 = torch.mul(g_inh[0], keep_i).addcmul_(g, a_mem, value=-1.0)
+    else:                   # mirrored: -g_ie0; no inhibitory current: the state is not used
+        g_ii0 = -g_ie0 if config.has_inh else torch.zeros_like(g_ie0)
+    g_z0 = None
+    if w is not None:
+        g_z0 = g_exc[0] @ w_pos + g_inh[0] @ w_neg if own_inh else g_exc[0] @ w
+    return g_exc, g_inh, lam_v, g_ie0, g_ii0, g_z0
+
+
+def _start(out, cotangent):
+    """The adjoint of a current after the last step: its final state's cotangent, or zero."""
+    if cotangent is None:
+        out.zero_()
+    else:
+        out.copy_(cotangent)

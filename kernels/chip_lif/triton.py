@@ -21,13 +21,38 @@ def _tile(B, N, BB: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _recurrent_input(p_prev, w_exc_t, w_inh_t, o_b, m_b, o_n, m_n, N,
+                     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """z_prev @ W_exc^T and z_prev @ W_inh^T for this program's rows, z_prev read in K tiles from
+    p_prev (a [B, N] slice): [BB, BN] each."""
+    b_re = tl.zeros([BB, BN], dtype=DT)
+    b_ri = tl.zeros([BB, BN], dtype=DT)
+    for k in range(0, N, BK):
+        o_k = k + tl.arange(0, BK)
+        m_k = o_k < N
+        # [BB, BK]
+        b_zk = tl.load(p_prev + o_b[:, None] * N + o_k[None, :], mask=m_b[:, None] & m_k[None, :],
+                       other=0.0).to(DT)
+        m_kn = m_k[:, None] & m_n[None, :]
+        # [BK, BN]
+        b_we = tl.load(w_exc_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
+        b_wi = tl.load(w_inh_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
+        b_re += tl.dot(b_zk, b_we, input_precision=PRECISION)
+        b_ri += tl.dot(b_zk, b_wi, input_precision=PRECISION)
+    return b_re, b_ri
+
+
+@triton.jit
 def chip_lif_fwd_kernel(
     x_exc, x_inh, par, ref_steps, offset, w_exc_t, w_inh_t,
-    z, u, free,
-    seed, sigma_mem, sigma_read, unit, zero, inv_unit,
+    v0, ie0, ii0, ref0, z0,
+    z, u, free, v_out, ie_out, ii_out, ref_out,
+    seed, noise_base, sigma_mem, sigma_read, unit, zero, inv_unit,
     T, B, N,
     HAS_INH: tl.constexpr, HAS_REC: tl.constexpr, SPIKING: tl.constexpr,
     QUANTISE: tl.constexpr, MEM_NOISE: tl.constexpr, READ_NOISE: tl.constexpr,
+    HAS_STATE: tl.constexpr,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     o_b, o_n, m_b, m_n, m_bn, o_bn = _tile(B, N, BB, BN)
@@ -42,10 +67,17 @@ def chip_lif_fwd_kernel(
     b_refsteps = tl.load(ref_steps + o_n, mask=m_n, other=0)[None, :]
     b_off = tl.load(offset + o_n, mask=m_n, other=0.0)[None, :]
 
-    b_v = tl.zeros([BB, BN], dtype=DT) + b_vleak
-    b_ie = tl.zeros([BB, BN], dtype=DT)
-    b_ii = tl.zeros([BB, BN], dtype=DT)
-    b_ref = tl.zeros([BB, BN], dtype=tl.int32)
+    if HAS_STATE:
+        # a run continued from its state after an earlier step
+        b_v = tl.load(v0 + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_ie = tl.load(ie0 + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_ii = tl.load(ii0 + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_ref = tl.load(ref0 + o_bn, mask=m_bn, other=0)
+    else:
+        b_v = tl.zeros([BB, BN], dtype=DT) + b_vleak
+        b_ie = tl.zeros([BB, BN], dtype=DT)
+        b_ii = tl.zeros([BB, BN], dtype=DT)
+        b_ref = tl.zeros([BB, BN], dtype=tl.int32)
     # the inputs of step t+1 are loaded while step t computes: the loop's only long-latency reads
     # do not depend on the state, so one step of prefetch hides them
     b_xe_next = tl.load(x_exc + o_bn, mask=m_bn, other=0.0)
@@ -64,28 +96,23 @@ def chip_lif_fwd_kernel(
             b_xi_next = tl.load(x_inh + o_next + o_bn, mask=m_bn, other=0.0)
         if HAS_REC:
             # z[t-1] @ W^T: the previous step's spikes are re-read from the output this program
-            # wrote (the barrier makes them visible to all its threads); BN covers all N here.
+            # wrote (the barrier makes them visible to all its threads), at t = 0 from the state;
+            # BN covers all N here.
             b_re = tl.zeros([BB, BN], dtype=DT)
             b_ri = tl.zeros([BB, BN], dtype=DT)
             if t > 0:
-                for k in range(0, N, BK):
-                    o_k = k + tl.arange(0, BK)
-                    m_k = o_k < N
-                    # [BB, BK]
-                    b_zk = tl.load(z + o_t - B * N + o_b[:, None] * N + o_k[None, :],
-                                   mask=m_b[:, None] & m_k[None, :], other=0.0)
-                    m_kn = m_k[:, None] & m_n[None, :]
-                    # [BK, BN]
-                    b_we = tl.load(w_exc_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
-                    b_wi = tl.load(w_inh_t + o_k[:, None] * N + o_n[None, :], mask=m_kn, other=0.0)
-                    b_re += tl.dot(b_zk, b_we, input_precision=PRECISION)
-                    b_ri += tl.dot(b_zk, b_wi, input_precision=PRECISION)
+                b_re, b_ri = _recurrent_input(z + o_t - B * N, w_exc_t, w_inh_t, o_b, m_b, o_n,
+                                              m_n, N, BB, BN, BK, DT, PRECISION)
+            elif HAS_STATE:
+                b_re, b_ri = _recurrent_input(z0, w_exc_t, w_inh_t, o_b, m_b, o_n, m_n, N,
+                                              BB, BN, BK, DT, PRECISION)
             b_xe = b_xe + b_re
             b_xi = b_xi + b_ri
         b_v = b_v + b_amem * ((b_vleak - b_v) + (b_ie - b_ii))
         if MEM_NOISE or READ_NOISE:
-            # counter = global element index: the stream does not depend on the block shape
-            b_r0, b_r1, _, _ = tl.randn4x(seed, o_t + o_bn)
+            # counter = the element's index in the whole run (noise_base: the steps before this
+            # call): the stream depends neither on the block shape nor on how the run is split
+            b_r0, b_r1, _, _ = tl.randn4x(seed, noise_base + o_t + o_bn)
         if MEM_NOISE:
             b_v = b_v + sigma_mem * b_r0.to(DT)
         b_ie = b_ie * b_keep_e + b_xe
@@ -115,15 +142,20 @@ def chip_lif_fwd_kernel(
                 tl.debug_barrier()
         else:
             tl.store(z + o_t + o_bn, tl.zeros([BB, BN], dtype=DT), mask=m_bn)
+    tl.store(v_out + o_bn, b_v, mask=m_bn)
+    tl.store(ie_out + o_bn, b_ie, mask=m_bn)
+    tl.store(ii_out + o_bn, b_ii, mask=m_bn)
+    tl.store(ref_out + o_bn, b_ref, mask=m_bn)
 
 
 @triton.jit
 def chip_lif_bwd_kernel(
-    g_z, g_u, z, u, free, nom, w,
-    g_exc, g_inh,
+    g_z, g_u, z, u, free, nom, w, g_vT, g_ieT, g_iiT,
+    g_exc, g_inh, g_v0, g_ie0, g_ii0, g_z0,
     alpha, T, B, N,
     HAS_GZ: tl.constexpr, HAS_GU: tl.constexpr, HAS_INH: tl.constexpr, HAS_REC: tl.constexpr,
-    SPIKING: tl.constexpr, KIND: tl.constexpr,
+    SPIKING: tl.constexpr, KIND: tl.constexpr, HAS_GSTATE: tl.constexpr,
+    STATE_GRADS: tl.constexpr,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     o_b, o_n, m_b, m_n, m_bn, o_bn = _tile(B, N, BB, BN)
@@ -135,10 +167,16 @@ def chip_lif_bwd_kernel(
     b_keep_e = 1.0 - tl.load(nom + 2 * N + o_n, mask=m_n, other=0.0)[None, :]
     b_keep_i = 1.0 - tl.load(nom + 3 * N + o_n, mask=m_n, other=0.0)[None, :]
 
-    # adjoints of v, i_exc, i_inh after step t (lambda_{t+1} in README.md)
-    b_lv = tl.zeros([BB, BN], dtype=DT)
-    b_le = tl.zeros([BB, BN], dtype=DT)
-    b_li = tl.zeros([BB, BN], dtype=DT)
+    # adjoints of v, i_exc, i_inh after step t (lambda_{t+1} in README.md): after the last step,
+    # the cotangents of the final state (a run continued by a later call)
+    if HAS_GSTATE:
+        b_lv = tl.load(g_vT + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_le = tl.load(g_ieT + o_bn, mask=m_bn, other=0.0).to(DT)
+        b_li = tl.load(g_iiT + o_bn, mask=m_bn, other=0.0).to(DT)
+    else:
+        b_lv = tl.zeros([BB, BN], dtype=DT)
+        b_le = tl.zeros([BB, BN], dtype=DT)
+        b_li = tl.zeros([BB, BN], dtype=DT)
     b_gzrec = tl.zeros([BB, BN], dtype=DT)
     # the observables of step t-1 are loaded while step t computes (they do not depend on the
     # adjoints), hiding the loop's long-latency reads as in the forward
@@ -204,6 +242,16 @@ def chip_lif_bwd_kernel(
         b_lv = b_keep_m * b_g
         b_le = b_amem * b_g + b_keep_e * b_le
         b_li = b_keep_i * b_li - b_amem * b_g
+    if STATE_GRADS:
+        # the adjoints before the first step: the gradients of the initial state
+        tl.store(g_v0 + o_bn, b_lv, mask=m_bn)
+        tl.store(g_ie0 + o_bn, b_le, mask=m_bn)
+        if HAS_INH:
+            tl.store(g_ii0 + o_bn, b_li, mask=m_bn)
+        else:
+            tl.store(g_ii0 + o_bn, tl.zeros([BB, BN], dtype=DT), mask=m_bn)
+        if HAS_REC:
+            tl.store(g_z0 + o_bn, b_gzrec, mask=m_bn)
 
 
 def _blocks(B, N, recurrent):
@@ -249,27 +297,36 @@ def _grid(B, N, bb, bn):
     return (triton.cdiv(N, bn), triton.cdiv(B, bb))
 
 
-def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed):
-    """Same contract as reference.forward (inputs contiguous)."""
+def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed, step0=0, v0=None,
+            ie0=None, ii0=None, ref0=None, z0=None):
+    """Same contract as reference.forward (inputs contiguous); free is uint8."""
     T, B, N = x_exc.shape
-    cdtype = par.dtype
+    cdtype, dev = par.dtype, x_exc.device
     spiking, unit = config.spiking, config.unit_lsb
     recurrent = w_exc is not None
-    z = backend.alloc((T, B, N), cdtype, x_exc.device)
-    u = backend.alloc((T, B, N), cdtype, x_exc.device)
-    free = backend.alloc((T, B, N) if spiking else (0,), torch.uint8, x_exc.device)
+    has_state = v0 is not None
+    z = backend.alloc((T, B, N), cdtype, dev)
+    u = backend.alloc((T, B, N), cdtype, dev)
+    free = backend.alloc((T, B, N) if spiking else (0,), torch.uint8, dev)
+    state_out = [backend.alloc((B, N), cdtype, dev) for _ in range(3)]
+    ref_out = backend.alloc((B, N), torch.int32, dev)
     # W^T so that tiles of z[t-1] @ W^T read contiguous rows
     w_exc_t = w_exc.to(cdtype).t().contiguous() if recurrent else par
     w_inh_t = w_inh.to(cdtype).t().contiguous() if recurrent else par
+    state = lambda t, dtype=cdtype: t.to(dtype).contiguous() if has_state and t is not None else par
     _launch(chip_lif_fwd_kernel, B, N, recurrent,
             (x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps,
-             offset.to(cdtype).contiguous(), w_exc_t, w_inh_t, z, u, free if spiking else z,
-             seed, config.membrane_noise_lsb / unit, config.readout_noise_lsb, unit,
-             config.zero_lsb, 1.0 / unit, T, B, N),
+             offset.to(cdtype).contiguous(), w_exc_t, w_inh_t,
+             state(v0), state(ie0), state(ii0), state(ref0, torch.int32) if has_state else ref_steps,
+             state(z0) if recurrent else par,
+             z, u, free if spiking else z, *state_out, ref_out,
+             seed, int(step0) * B * N, config.membrane_noise_lsb / unit, config.readout_noise_lsb,
+             unit, config.zero_lsb, 1.0 / unit, T, B, N),
             dict(HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking,
                  QUANTISE=config.quantise, MEM_NOISE=config.membrane_noise_lsb > 0,
-                 READ_NOISE=config.readout_noise_lsb > 0, PRECISION=_dot_precision(cdtype)))
-    return z, u, free
+                 READ_NOISE=config.readout_noise_lsb > 0, HAS_STATE=has_state,
+                 PRECISION=_dot_precision(cdtype)))
+    return (z, u, *state_out, free, ref_out)
 
 
 def _launch(kernel, B, N, recurrent, args, constexprs):
@@ -285,27 +342,35 @@ def _launch(kernel, B, N, recurrent, args, constexprs):
                                 num_stages=_stages(recurrent), enable_fp_fusion=False)
 
 
-def backward(config, g_z, g_u, z, u, free, nom, w):
+def backward(config, g_z, g_u, z, u, free, nom, w, g_v=None, g_ie=None, g_ii=None):
     """Same contract as reference.backward (nom packed in u's dtype); the inhibitory gradient is
     always computed."""
     T, B, N = u.shape
-    cdtype = u.dtype
-    spiking, has_inh = config.spiking, config.has_inh
+    cdtype, dev = u.dtype, u.device
+    spiking, has_inh, has_state = config.spiking, config.has_inh, config.has_state
     recurrent = w is not None
     if recurrent:
         w = w.to(cdtype).contiguous()
     g_z = None if g_z is None or not spiking else g_z.contiguous()
     g_u = None if g_u is None else g_u.contiguous()
-    g_exc = backend.alloc((T, B, N), cdtype, u.device)
-    g_inh = backend.alloc((T, B, N) if has_inh else (0,), cdtype, u.device)
+    g_exc = backend.alloc((T, B, N), cdtype, dev)
+    g_inh = backend.alloc((T, B, N) if has_inh else (0,), cdtype, dev)
+    grads0 = [backend.alloc((B, N) if has_state else (0,), cdtype, dev) for _ in range(3)]
+    g_z0 = backend.alloc((B, N) if has_state and recurrent else (0,), cdtype, dev)
+    has_gstate = g_v is not None or g_ie is not None or g_ii is not None
+    cot = lambda t: (torch.zeros((B, N), dtype=cdtype, device=dev) if t is None
+                     else t.to(cdtype).contiguous()) if has_gstate else u
     _launch(chip_lif_bwd_kernel, B, N, recurrent,
             (g_z if g_z is not None else u, g_u if g_u is not None else u, z, u,
-             free if spiking else z, nom, w if recurrent else nom,
-             g_exc, g_inh if has_inh else g_exc, config.alpha, T, B, N),
+             free if spiking else z, nom, w if recurrent else nom, cot(g_v), cot(g_ie), cot(g_ii),
+             g_exc, g_inh if has_inh else g_exc, *(g if has_state else g_exc for g in grads0),
+             g_z0 if has_state and recurrent else g_exc, config.alpha, T, B, N),
             dict(HAS_GZ=g_z is not None, HAS_GU=g_u is not None, HAS_INH=has_inh,
                  HAS_REC=recurrent, SPIKING=spiking, KIND=config.surrogate,
-                 PRECISION=_dot_precision(cdtype)))
-    return g_exc, (g_inh if has_inh else None)
+                 HAS_GSTATE=has_gstate, STATE_GRADS=has_state, PRECISION=_dot_precision(cdtype)))
+    if not has_state:
+        return g_exc, (g_inh if has_inh else None), None, None, None, None
+    return (g_exc, (g_inh if has_inh else None), *grads0, g_z0 if recurrent else None)
 
 
 _TUNED = {chip_lif_fwd_kernel: _autotuned(chip_lif_fwd_kernel, ["SPIKING", "HAS_INH", "MEM_NOISE"]),
