@@ -8,9 +8,9 @@ from . import constants as C
 from . import dynamics
 from .dynamics import Recurrence, pack
 from .mismatch import Mismatch, draw_circuits, draw_rows
-from .noise import Noise, run_seed
+from .noise import Noise, layer_seed, run_seed
 from .parameters import INTEGRATIONS, Calibration, CircuitParams, LIFParams
-from .placement import Allocator, Placement, PlacementError
+from .placement import MAX_VIRTUAL_CIRCUITS, Allocator, Placement, PlacementError
 from .readout import ReadoutParams
 from .surrogates import Surrogate, as_surrogate
 from .validation import check_choice, check_number
@@ -104,6 +104,7 @@ class Chip:
         self.integration = integration
         self.surrogate = as_surrogate(surrogate)
         self.runs = 0
+        self.layer_runs = {}          # first circuit of a placed layer -> its runs so far
         self._allocator = Allocator(strict)
         self._placements = {}
         self._owners = {}             # placement name -> weakref to the layer that claimed it
@@ -275,13 +276,14 @@ class Chip:
         return Recurrence(*weight_path(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
                                        self.weight_scale, self.quantise))
 
-    def run(self, packed, readout, decays, x_exc, x_inh=None, *, spiking=True, recurrence=None,
-            backend="auto"):
+    def run(self, placement, packed, readout, decays, x_exc, x_inh=None, *, spiking=True,
+            recurrence=None, backend="auto"):
         """Run a placed layer's neurons on its input currents with this chip's noise and
-        surrogate; advances the run counter (the noise is new on every run). packed, readout: the
-        layer's (Chip.packed, LayerParams.readout); decays: (alike, nominal_alike)."""
+        surrogate, as a new run of that layer (the noise is new on every run). packed, readout:
+        the layer's (Chip.packed, LayerParams.readout); decays: (alike, nominal_alike)."""
         cfg = dynamics.config(readout, self.noise.membrane_lsb, self.surrogate, spiking, decays[1])
-        return dynamics.execute(x_exc, x_inh, packed, cfg, self.next_seed(), recurrence, backend)
+        return dynamics.execute(x_exc, x_inh, packed, cfg, self.next_seed(placement), recurrence,
+                                backend)
 
     def _layer_params(self, p):
         circ = p.circuit_matrix()                       # [n_out, k]
@@ -304,11 +306,18 @@ class Chip:
                            gain * self._rows[row_inh])
 
     # --- temporal noise --------------------------------------------------------------------------
-    def next_seed(self):
-        """Seed for the next run of a layer; advances the run counter."""
-        s = run_seed(self.seed, self.runs)
+    def next_seed(self, placement=None):
+        """Seed for the next run of a layer; advances the run counters (runs: all runs). With the
+        layer's placement, the seed is keyed by where the layer sits (its first circuit) and by
+        that layer's own run count, so a layer's noise depends neither on other layers' runs nor
+        on the order layers run in; without, by the chip-wide count."""
         self.runs += 1
-        return s
+        if placement is None:
+            return run_seed(self.seed, self.runs - 1)
+        where = placement.circuits[0][0]
+        run = self.layer_runs.get(where, 0)
+        self.layer_runs[where] = run + 1
+        return layer_seed(self.seed, where, run)
 
     # --- save / load -----------------------------------------------------------------------------
     def config(self):
@@ -324,6 +333,7 @@ class Chip:
 
     def state_dict(self):
         return {"version": STATE_VERSION, "config": self.config(), "runs": self.runs,
+                "layer_runs": dict(self.layer_runs),
                 "placements": [p.as_dict() for p in self._placements.values()],
                 "neurons": self._circuits._asdict(), "synapse_rows": self._rows}
 
@@ -368,6 +378,13 @@ class Chip:
             chip._placements[p.name] = p
             chip._grow(max(max(c) for c in p.circuits) + 1, int(p.rows()[1].max()) + 1)
         chip.runs = int(state["runs"])
+        # saved by this version; older states have none (a layer's noise then restarts)
+        layer_runs = state.get("layer_runs", {})
+        if not isinstance(layer_runs, dict) or not all(
+                isinstance(k, int) and not isinstance(v, bool) and isinstance(v, int) and v >= 0
+                and 0 <= k < MAX_VIRTUAL_CIRCUITS for k, v in layer_runs.items()):
+            raise ValueError("chip state: layer_runs must map circuit indices to run counts >= 0")
+        chip.layer_runs = dict(layer_runs)
         neurons = state["neurons"]
         if not isinstance(neurons, dict) or set(neurons) != set(CircuitNeurons._fields):
             got = sorted(neurons) if isinstance(neurons, dict) else type(neurons).__name__

@@ -81,7 +81,7 @@ class _ChipLayer(nn.Module):
                                            slice(0, self.in_features))
         packed = chip.packed(placement, spikes.device, compute_dtype(x_exc.dtype))
         readout = chip.layer_params(placement, "cpu", torch.float64).readout
-        return chip.run(packed, readout, chip.synapse_decays(placement), x_exc, x_inh,
+        return chip.run(placement, packed, readout, chip.synapse_decays(placement), x_exc, x_inh,
                         spiking=spiking, recurrence=recurrence, backend=self.backend)
 
     def extra_repr(self):

@@ -44,3 +44,17 @@ def run_seed(chip_seed, run):
     x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
     x ^= x >> 32
     return x & ((1 << 31) - 1)
+
+
+def layer_seed(chip_seed, circuit, run):
+    """A 63-bit seed for run number `run` of the layer whose first circuit is `circuit`: noise
+    belongs to where a layer sits on the chip, not to the order layers happen to run in."""
+    x = (int(chip_seed) * 0x9E3779B97F4A7C15 + int(circuit) * 0xC2B2AE3D27D4EB4F +
+         int(run) * 0xBF58476D1CE4E5B9 + 0x165667B19E3779F9) & ((1 << 64) - 1)
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & ((1 << 64) - 1)
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & ((1 << 64) - 1)
+    x ^= x >> 33
+    return x & ((1 << 63) - 1)
+

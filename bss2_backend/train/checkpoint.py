@@ -278,5 +278,6 @@ def restore(state, path, model, optimiser, chip):
     model.load_state_dict(saved)
     optimiser.load_state_dict(opt)
     chip.runs = int(state["chip"]["runs"])
+    chip.layer_runs = dict(state["chip"].get("layer_runs", {}))
     torch.set_rng_state(state["rng"])
     return int(state["epoch"]), list(state["history"])

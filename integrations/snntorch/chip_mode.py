@@ -221,6 +221,6 @@ def run_layer(binding, linear, module, spikes):
                                .expand(n_out))
         recurrence = chip.recurrence(placement, w_rec * m.weight_gain, slice(n_in, n_in + n_out))
     readout = chip.layer_params(placement, "cpu", torch.float64).readout
-    z, u = chip.run(binding.packed(spikes.device, dtype), readout, decays, x_exc, x_inh,
+    z, u = chip.run(placement, binding.packed(spikes.device, dtype), readout, decays, x_exc, x_inh,
                     spiking=not m.readout, recurrence=recurrence, backend=module._bss2_backend)
     return z, u * m.threshold
