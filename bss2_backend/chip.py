@@ -49,6 +49,14 @@ class LayerParams(NamedTuple):
                            self.gain_inh.to(device, dtype))
 
 
+class Run(NamedTuple):
+    """Where a layer's run stands between calls: its noise seed, the steps done, the chip state
+    after them (kernels.chip_lif.ChipState, None before the first step)."""
+    seed: int
+    step: int
+    state: object
+
+
 def synapse_decays(layer_params):
     """(alike, nominal_alike): do a layer's excitatory and inhibitory synapses decay alike on the
     chip and in the nominal model (then one signed input current is exact), and in the nominal
@@ -277,13 +285,17 @@ class Chip:
                                        self.weight_scale, self.quantise))
 
     def run(self, placement, packed, readout, decays, x_exc, x_inh=None, *, spiking=True,
-            recurrence=None, backend="auto"):
+            recurrence=None, backend="auto", continuing=None):
         """Run a placed layer's neurons on its input currents with this chip's noise and
-        surrogate, as a new run of that layer (the noise is new on every run). packed, readout:
-        the layer's (Chip.packed, LayerParams.readout); decays: (alike, nominal_alike)."""
+        surrogate. packed, readout: the layer's (Chip.packed, LayerParams.readout); decays:
+        (alike, nominal_alike). A new run of the layer (its noise is new on every run), or, with
+        `continuing` (the Run an earlier call returned), the next steps of that run.
+        Returns (spikes, read membrane, Run)."""
         cfg = dynamics.config(readout, self.noise.membrane_lsb, self.surrogate, spiking, decays[1])
-        return dynamics.execute(x_exc, x_inh, packed, cfg, self.next_seed(placement), recurrence,
-                                backend)
+        run = Run(self.next_seed(placement), 0, None) if continuing is None else continuing
+        z, u, state = dynamics.execute(x_exc, x_inh, packed, cfg, run.seed, recurrence, backend,
+                                       run.state, run.step)
+        return z, u, Run(run.seed, run.step + x_exc.shape[0], state)
 
     def _layer_params(self, p):
         circ = p.circuit_matrix()                       # [n_out, k]

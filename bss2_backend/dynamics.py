@@ -135,15 +135,18 @@ def run(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto"):
     _check_inputs(x_exc, x_inh, packed.par.shape[1], recurrence)
     if packed.par.device != x_exc.device:
         raise ValueError(f"the parameters are on {packed.par.device} but x_exc on {x_exc.device}")
-    return execute(x_exc, x_inh, packed, config, seed, recurrence, backend)
+    return execute(x_exc, x_inh, packed, config, seed, recurrence, backend)[:2]
 
 
-def execute(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto"):
+def execute(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto", state=None,
+            step=0):
     """run() for callers that validated the inputs themselves (the chip layers: their spikes and
-    weights); the membrane is still checked."""
+    weights); the membrane is still checked. Returns (z, u, state after the last step): a run
+    continues from `state` at step `step` of the run (kernels.chip_lif.chip_lif)."""
     impl = resolve_backend(backend, x_exc.device)
-    z, u, _ = chip_lif(x_exc, x_inh, *packed, config, seed, recurrence=recurrence, impl=impl)
-    return z, check_output("cuba_lif" if config.spiking else "li", u, x_exc.dtype)
+    z, u, state = chip_lif(x_exc, x_inh, *packed, config, seed, recurrence=recurrence, impl=impl,
+                           state=state, step=step)
+    return z, check_output("cuba_lif" if config.spiking else "li", u, x_exc.dtype), state
 
 
 def cuba_lif(x_exc, x_inh=None, *, params, nominal=None, readout=None, recurrence=None,
@@ -202,4 +205,4 @@ def _public(x_exc, x_inh, params, nominal, readout, recurrence, membrane_noise_l
         bool(torch.equal(nominal.a_syn_exc, nominal.a_syn_inh))
     packed = pack(params, nominal, readout, compute_dtype(x_exc.dtype), x_exc.device)
     cfg = config(readout, membrane_noise_lsb, surrogate, spiking, mirrored)
-    return execute(x_exc, x_inh, packed, cfg, seed, recurrence, backend)
+    return execute(x_exc, x_inh, packed, cfg, seed, recurrence, backend)[:2]

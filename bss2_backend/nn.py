@@ -82,7 +82,7 @@ class _ChipLayer(nn.Module):
         packed = chip.packed(placement, spikes.device, compute_dtype(x_exc.dtype))
         readout = chip.layer_params(placement, "cpu", torch.float64).readout
         return chip.run(placement, packed, readout, chip.synapse_decays(placement), x_exc, x_inh,
-                        spiking=spiking, recurrence=recurrence, backend=self.backend)
+                        spiking=spiking, recurrence=recurrence, backend=self.backend)[:2]
 
     def extra_repr(self):
         p = self.placement

@@ -319,10 +319,13 @@ def test_a_refused_convert_leaves_the_model_unconverted():
         def __init__(self):
             super().__init__()
             self.fc, self.lif = nn.Linear(2, 2), snn.Leaky(0.9)
-    for model, chip in ((Net(), bb.Chip()), (nn.Sequential(nn.Linear(2, 2), snn.Leaky(0.9)), "chip")):
-        with pytest.raises(TypeError):
+            self.fc2, self.lap = nn.Linear(2, 2), snn.Lapicque(beta=0.9)   # not on the chip
+    for model, chip, error in ((Net(), bb.Chip(), ValueError),
+                               (nn.Sequential(nn.Linear(2, 2), snn.Leaky(0.9)), "chip", TypeError)):
+        with pytest.raises(error):
             convert(model, chip)
         assert not any(type(m) in BACKEND.values() for m in model.modules())
+        assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
 
 
 def test_a_bad_value_check_setting_is_an_error(monkeypatch):

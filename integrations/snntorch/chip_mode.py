@@ -24,6 +24,7 @@ import torch
 
 from bss2_backend.chip import Chip, synapse_decays
 from bss2_backend.dynamics import compute_dtype, pack
+from torch import nn
 
 from .neurons import supported_kind
 
@@ -199,28 +200,191 @@ def bind(module, linear, where, chip, network=0):
     return ChipBinding(chip, placement, mapping, n_in)
 
 
-def run_layer(binding, linear, module, spikes):
-    """spikes [T, B, n_in] -> (spikes, membrane) [T, B, n_out] in snntorch units, on the chip."""
+def layer_currents(binding, linear, spikes):
+    """(x_exc, x_inh) [T, B, n_out] of the layer's synapse array for presynaptic spikes
+    [T, B, n_in]: the linear's weights (snntorch units, times weight_gain) through the chip's
+    weight path."""
     T, B, n_in = spikes.shape
     if n_in != binding.n_in:
         raise ValueError(f"layer placed as {binding.placement.name!r} expects {binding.n_in} input "
                          f"features, got {n_in}")
-    chip, m, placement = binding.chip, binding.mapping, binding.placement
     dtype = compute_dtype(spikes.dtype)
-    spikes = spikes.to(dtype)
-    decays = binding.synapse_decays()
-    x_exc, x_inh = chip.input_currents(placement, spikes, linear.weight.to(dtype) * m.weight_gain,
-                                       slice(0, n_in), decays)
+    return binding.chip.input_currents(binding.placement, spikes.to(dtype),
+                                       linear.weight.to(dtype) * binding.mapping.weight_gain,
+                                       slice(0, n_in), binding.synapse_decays())
+
+
+def run_neurons(binding, linear, module, x_exc, x_inh, continuing=None):
+    """The layer's neurons on its input currents [T, B, n_out]: a new run, or the next steps of
+    `continuing` (a chip.Run). Returns (spikes, membrane in snntorch units, Run)."""
+    chip, m, placement = binding.chip, binding.mapping, binding.placement
+    dtype, device = x_exc.dtype, x_exc.device
     recurrence = None
     if m.recurrent != "none":
-        n_out = linear.out_features
+        n_in, n_out = binding.n_in, linear.out_features
         if m.recurrent == "all_to_all":
             w_rec = module.recurrent.weight.to(dtype)
         else:
-            w_rec = torch.diag(torch.as_tensor(module.V, dtype=dtype, device=spikes.device)
-                               .expand(n_out))
+            w_rec = torch.diag(torch.as_tensor(module.V, dtype=dtype, device=device).expand(n_out))
         recurrence = chip.recurrence(placement, w_rec * m.weight_gain, slice(n_in, n_in + n_out))
     readout = chip.layer_params(placement, "cpu", torch.float64).readout
-    z, u = chip.run(placement, binding.packed(spikes.device, dtype), readout, decays, x_exc, x_inh,
-                    spiking=not m.readout, recurrence=recurrence, backend=module._bss2_backend)
-    return z, u * m.threshold
+    z, u, run = chip.run(placement, binding.packed(device, dtype), readout,
+                         binding.synapse_decays(), x_exc, x_inh, spiking=not m.readout,
+                         recurrence=recurrence, backend=module._bss2_backend, continuing=continuing)
+    return z, u * m.threshold, run
+
+
+def run_layer(binding, linear, module, spikes):
+    """spikes [T, B, n_in] -> (spikes, membrane) [T, B, n_out] in snntorch units: one new run of
+    the layer on the chip (its state afterwards is kept, so steps may follow)."""
+    x_exc, x_inh = layer_currents(binding, linear, spikes)
+    z, mem, run = run_neurons(binding, linear, module, x_exc, x_inh)
+    _keep(module, binding, z[-1].clone(), mem[-1].clone(), run)
+    return z, mem
+
+
+# --- step by step --------------------------------------------------------------------------------
+class _StepRun(NamedTuple):
+    """A chip-mode neuron's run between its steps: the chip's Run and the membrane tensor the
+    last step returned (a state passed back, or still stored, that shares its memory continues
+    the run; anything else starts a new one)."""
+    run: object
+    last: torch.Tensor
+
+
+def _keep(module, binding, spk, mem, run):
+    """Write a step's results where snntorch keeps them, and remember the run."""
+    module.mem = mem
+    if module.__dict__.get("_bss2_kind") in ("rleaky", "rsynaptic"):
+        module.spk = spk
+    if run.state is not None and hasattr(module, "syn"):
+        module.syn = (run.state.i_exc - run.state.i_inh) / binding.mapping.weight_gain
+    module.__dict__["_bss2_run"] = _StepRun(run, mem)
+
+
+def _same_memory(a, b):
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+        and a.numel() > 0 and a.data_ptr() == b.data_ptr()
+
+
+def _at_rest(name, t):
+    """A state that starts a run must be the resting one: empty (init_*() on a fresh neuron) or
+    zeros. Reading it is a host read, once per run."""
+    if t is None or t.numel() == 0 or not bool((t != 0).any()):
+        return
+    raise ValueError(f"chip mode: `{name}` is neither the state this neuron returned at its last "
+                     f"step (which continues the run) nor a resting state (empty or zeros, which "
+                     f"starts a new one); the chip's state cannot be set to other values")
+
+
+def step(module, input_, states):
+    """One snntorch forward call of a chip-mode neuron: one step of the chip, from the true chip
+    state kept in the module (membrane, currents, refractory counter), returning what snntorch
+    would (the membrane as the CADC reads it, times the threshold)."""
+    passed = {k: v for k, v in states.items() if v is not None}
+    if module.init_hidden and passed:
+        raise TypeError(f"`{'`, `'.join(passed)}` should not be passed as an argument while "
+                        f"`init_hidden=True` ({type(module).__name__} keeps its own state)")
+    linear, x_exc, x_inh = synapses_feeding(module, input_)
+    binding = module._bss2_binding
+    mem_in = passed.get("mem", module.mem)
+    kept = module.__dict__.get("_bss2_run")
+    continuing = None
+    if kept is not None and _same_memory(mem_in, kept.last):
+        continuing = kept.run
+        if not mem_in.requires_grad and continuing.state is not None and \
+                continuing.state.v.requires_grad:
+            # the state was detached (snntorch's detach_hidden, TBPTT): so is the chip's
+            continuing = continuing._replace(state=type(continuing.state)(
+                *(t.detach() for t in continuing.state)))
+    else:
+        for name, t in passed.items():
+            _at_rest(name, t)
+        if not passed:
+            _at_rest("mem", module.mem)
+    z, mem, run = run_neurons(binding, linear, module, x_exc, x_inh, continuing)
+    # own tensors, not views of the [1, B, N] results: snntorch's helpers detach_() them in place
+    spk, mem = z[0].clone(), mem[0].clone()
+    _keep(module, binding, spk, mem, run)
+    kind = module.__dict__.get("_bss2_kind")
+    if module.init_hidden and not module.output:
+        return spk
+    if kind in ("synaptic", "rsynaptic"):
+        return spk, module.syn, mem
+    return spk, mem
+
+
+# --- which nn.Linear feeds which neuron: the data flow -------------------------------------------
+class ChipSynapses(nn.Linear):
+    """An nn.Linear of a chip-mode model (same parameters, state_dict and call): until it is known
+    to feed a chip neuron it computes what nn.Linear does and remembers its last input and output.
+    A chip neuron called with that output is fed by it: the pair is placed on the chip then, and
+    from then on it computes the chip's input currents (6-bit weights, exc/inh rows, fixed-pattern
+    gains) for its neuron and returns their difference in snntorch units (what the layer's
+    synapses deliver)."""
+    _bss2_feeds = None      # the neuron it feeds, once known
+    _bss2_last = None       # (output, input, x_exc, x_inh) of the last call
+
+    def forward(self, x):
+        neuron = self._bss2_feeds
+        if neuron is None:
+            out = super().forward(x)
+            self._bss2_last = (out, x, None, None)
+            return out
+        x_exc, x_inh, shape = _currents(neuron._bss2_binding, self, x)
+        signed = x_exc if x_inh is None else x_exc - x_inh
+        out = (signed[0] / neuron._bss2_binding.mapping.weight_gain).reshape(shape).to(x.dtype)
+        self._bss2_last = (out, x, x_exc, x_inh)
+        return out
+
+
+def _currents(binding, linear, x):
+    """One step's input currents [1, B, n_out] for an input [..., n_in] (leading dims as batch),
+    and the output shape [..., n_out]."""
+    lead = x.shape[:-1]
+    spikes = x.reshape(1, -1, x.shape[-1])
+    x_exc, x_inh = layer_currents(binding, linear, spikes)
+    return x_exc, x_inh, (*lead, x_exc.shape[-1])
+
+
+def synapses_feeding(module, input_):
+    """(linear, x_exc, x_inh) for a chip-mode neuron's input: the model's ChipSynapses whose last
+    output `input_` is. The first time, the pair is placed on the chip."""
+    linear = module.__dict__.get("_bss2_source")
+    if linear is not None:
+        last = linear._bss2_last
+        if last is None or last[0] is not input_:
+            raise ValueError(_not_fed(module, f"the output of {module._bss2_where!r}'s synapse "
+                                              f"array {linear._bss2_where!r}"))
+        return linear, last[2], last[3]
+    candidates = [ref() for ref in module.__dict__.get("_bss2_candidates", ())]
+    found = [s for s in candidates if s is not None and s._bss2_last is not None
+             and s._bss2_last[0] is input_]
+    if not found:
+        raise ValueError(_not_fed(module, "the output of one of the model's nn.Linear layers"))
+    linear = found[0]
+    if linear._bss2_feeds is not None and linear._bss2_feeds is not module:
+        raise ValueError(f"chip mode: nn.Linear {linear._bss2_where!r} feeds two neurons "
+                         f"({linear._bss2_feeds._bss2_where!r} and {module._bss2_where!r}); on the "
+                         f"chip each synapse array feeds one neuron population")
+    chip, network = module.__dict__["_bss2_chip"]
+    module._bss2_binding = bind(module, linear, module._bss2_where, chip, network)
+    chip_warnings([(module._bss2_where, module)], [(linear._bss2_where, linear)])
+    pair(module, linear)
+    x_exc, x_inh, _ = _currents(module._bss2_binding, linear, linear._bss2_last[1])
+    linear._bss2_last = (*linear._bss2_last[:2], x_exc, x_inh)
+    return linear, x_exc, x_inh
+
+
+def pair(neuron, linear):
+    """Record that `linear` feeds `neuron`; in the instances' __dict__, since nn.Module would make
+    each a submodule of the other."""
+    neuron.__dict__["_bss2_source"] = linear
+    linear.__dict__["_bss2_feeds"] = neuron
+
+
+def _not_fed(module, what):
+    return (f"chip mode: {type(module).__name__} {module._bss2_where!r} was called with a tensor "
+            f"that is not {what}; on the chip a neuron's input is its synapse array's output, "
+            f"so call it as lif(fc(x), ...) with nothing in between (a Conv or an arithmetic "
+            f"op between them has no counterpart on the chip)")

@@ -1,4 +1,6 @@
 """convert(model, chip=None) and patch(chip=None): the two ways onto the backend besides forward_pass."""
+import weakref
+
 import snntorch
 from torch import nn
 
@@ -41,11 +43,18 @@ def convert(model, chip=None, backend="auto"):
 
     Args:
         model: an nn.Module containing snntorch neurons (Leaky, Synaptic, RLeaky, RSynaptic,
-            Lapicque, Alpha); parameters, buffers and state are kept (the modules change class).
+            Lapicque, Alpha), of any structure: an nn.Sequential, a class with the layers as
+            attributes, nested modules. Parameters, buffers and state are kept (the modules change
+            class), and so is the way the model is called.
         chip: None (ideal mode: snntorch's own semantics on the fused kernels) or a
-            bss2_backend.Chip (chip mode: every nn.Linear -> neuron pair is placed on the chip and
-            runs its dynamics through forward_pass; see chip_mode for the parameter mapping).
+            bss2_backend.Chip (chip mode, see chip_mode: every nn.Linear that feeds a neuron
+            becomes the chip's synapse array and the neuron the chip's; an nn.Sequential is placed
+            now, any other model when its data flow shows which Linear feeds which neuron, at its
+            first step).
         backend: "auto" | "torch" | "triton" for the neuron ops (auto: Triton on CUDA tensors).
+
+    A convert that fails leaves the model, its earlier placements and the chip as they were; a
+    model converted again keeps its circuits; revert() frees them.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -54,36 +63,52 @@ def convert(model, chip=None, backend="auto"):
         from bss2_backend.chip import Chip
         if not isinstance(chip, Chip):
             raise TypeError(f"chip must be a bss2_backend.Chip or None, got {type(chip).__name__}")
-        if not isinstance(model, nn.Sequential):
-            raise TypeError(f"chip mode needs an nn.Sequential model (Linear -> neuron layers, run "
-                            f"by forward_pass); got {type(model).__name__}")
     neurons = neurons_of(model)
     if not neurons:
         raise ValueError(f"model ({type(model).__name__}) contains no snntorch neurons; convert "
                          f"swaps {', '.join(STOCK)}")
-    # everything that can be refused is refused before anything changes: a failed convert leaves
-    # the model, its earlier placements and the chip as they were
-    layers = _chip_layers(model, chip) if chip is not None else []
+    # everything that can be refused is refused before anything changes
+    layers = []
+    if chip is not None:
+        for name, m in neurons:
+            chip_mode.map_neuron(m, name, chip)
+        if isinstance(model, nn.Sequential):
+            layers = _chip_layers(model, chip)
+    linears = _synapse_candidates(model) if chip is not None else []
     before = [(m, m.__class__, {k: m.__dict__[k] for k in ATTRS if k in m.__dict__})
-              for _, m in neurons]
+              for _, m in neurons] + \
+        [(m, m.__class__, {k: m.__dict__[k] for k in ATTRS if k in m.__dict__})
+         for _, m in _chip_linears(model)]
     released = _release(model)
     placed = []
     try:
+        for _, lin in _chip_linears(model):          # a chip-mode model converted back to ideal
+            _unsynapse(lin)
         for _, m in neurons:
             m.__class__ = backend_class(m)
+            for attr in ATTRS:
+                m.__dict__.pop(attr, None)
             m._bss2_backend = backend
             m._bss2_binding = None
-            m.__dict__.pop("_bss2_pending_chip", None)
             # the fused op's plan is decided here, so torch.compile never traces its deciding
             for multistep in (False, True):
                 fused.plan(m, None, multistep)
         if chip is not None:
             index = chip.network_index(model)
+            refs = [weakref.ref(lin) for _, lin in linears]
+            for name, lin in linears:
+                lin.__class__ = chip_mode.ChipSynapses
+                lin._bss2_where = name
+            for name, m in neurons:
+                m._bss2_chip, m._bss2_where = (chip, index), name
+                m._bss2_kind, m._bss2_candidates = supported_kind(m), refs
             for name, neuron, _, linear in layers:
                 neuron._bss2_binding = chip_mode.bind(neuron, linear, name, chip, index)
+                chip_mode.pair(neuron, linear)
                 placed.append(neuron._bss2_binding)
-            chip_mode.chip_warnings([(n, m) for n, m, _, _ in layers],
-                                    [(ln, lin) for _, _, ln, lin in layers])
+            if layers:
+                chip_mode.chip_warnings([(n, m) for n, m, _, _ in layers],
+                                        [(ln, lin) for _, _, ln, lin in layers])
     except BaseException:
         for binding in placed:
             binding.chip.release(binding.placement.name)
@@ -92,14 +117,37 @@ def convert(model, chip=None, backend="auto"):
             for k in ATTRS:
                 m.__dict__.pop(k, None)
             m.__dict__.update(attrs)
+        for _, lin in linears:
+            if type(lin) is chip_mode.ChipSynapses:
+                _unsynapse(lin)
         for owner_chip, placement, owner in released:
             owner_chip.restore(placement, owner)
         raise
     return model
 
 
-# what convert sets on a neuron (and revert removes)
-ATTRS = ("_bss2_binding", "_bss2_backend", "_bss2_pending_chip")
+# what convert sets on a neuron or a Linear (and revert removes)
+ATTRS = ("_bss2_binding", "_bss2_backend", "_bss2_pending_chip", "_bss2_chip", "_bss2_where",
+         "_bss2_kind", "_bss2_candidates", "_bss2_source", "_bss2_run", "_bss2_feeds",
+         "_bss2_last")
+
+
+def _synapse_candidates(model):
+    """(name, module) of every plain nn.Linear of the model outside the snntorch neurons (an
+    RLeaky's own recurrent Linear stays the neuron's) and of those a chip-mode convert made."""
+    inside = {id(sub) for _, m in neurons_of(model) for sub in m.modules() if sub is not m}
+    return [(name, m) for name, m in model.named_modules()
+            if type(m) in (nn.Linear, chip_mode.ChipSynapses) and id(m) not in inside]
+
+
+def _chip_linears(model):
+    return [(name, m) for name, m in model.named_modules() if type(m) is chip_mode.ChipSynapses]
+
+
+def _unsynapse(linear):
+    linear.__class__ = nn.Linear
+    for attr in ATTRS:
+        linear.__dict__.pop(attr, None)
 
 
 def _release(model):
@@ -209,13 +257,16 @@ def pending_chip(model):
 
 
 def is_chip_bound(model):
-    return any(getattr(m, "_bss2_binding", None) is not None for m in model.modules())
+    """Whether the model was converted onto a chip."""
+    return any(m.__dict__.get("_bss2_chip") is not None for m in model.modules())
 
 
 def revert(model):
-    """Undo convert: the model's neurons become snntorch's own classes again, and the circuits of
-    its chip-mode layers are freed."""
+    """Undo convert: the model's neurons become snntorch's own classes again, its chip-mode
+    Linears plain nn.Linear, and the circuits of its chip-mode layers are freed."""
     _release(model)
+    for _, lin in _chip_linears(model):
+        _unsynapse(lin)
     for _, m in neurons_of(model):
         m.__class__ = STOCK[NAMES[supported_kind(m)]]
         for attr in ATTRS:

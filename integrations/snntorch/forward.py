@@ -126,11 +126,16 @@ def _check_features_and_size(seq, x, static, num_steps):
                      num_steps * batch * (math.prod(sample) + 3 * widths) * item, x.device)
 
 
+def _step_rank(module):
+    """The rank of one step's input for a layer that fixes it (subclasses included), else None."""
+    return next((rank for cls, rank in STEP_RANK.items() if isinstance(module, cls)), None)
+
+
 def split_time(seq, data, num_steps):
     """(x, static): data as static [B, ...] (static=True) or time-major [T, B, ...]."""
-    first = next((m for _, m in seq if type(m) in STEP_RANK or supported_kind(m) is not None), None)
+    first = next((m for _, m in seq if _step_rank(m) or supported_kind(m) is not None), None)
     # a leading Flatten takes any sample shape: the rank comes from the data, not the Linear
-    rank = None if isinstance(seq[0][1], nn.Flatten) else STEP_RANK.get(type(first))
+    rank = None if isinstance(seq[0][1], nn.Flatten) else _step_rank(first)
     if rank is None and isinstance(seq[0][1], nn.Flatten):
         lin = next((m for _, m in seq if isinstance(m, nn.Linear)), None)
         if lin is not None:
@@ -251,7 +256,8 @@ def _stepwise_pass(net, num_steps, data):
 
 def _chip_pass(net, num_steps, data):
     if not isinstance(net, nn.Sequential):
-        raise TypeError(f"chip mode runs nn.Sequential nets; got {type(net).__name__}")
+        raise TypeError(f"forward_pass runs nn.Sequential nets on the chip; a {type(net).__name__} "
+                        f"runs through its own forward, step by step on the chip")
     seq = sequence_of(net)
     x, static = split_time(seq, data, num_steps)
     _check_features_and_size(seq, x, static, num_steps)
@@ -265,10 +271,8 @@ def _chip_pass(net, num_steps, data):
         elif supported_kind(m) is not None:
             if m._bss2_binding is None:
                 raise ValueError(f"{name} is not placed on the chip; convert(net, chip) the whole net")
-            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m, x.reshape(num_steps, x.shape[1], -1))
-            m.mem = mem[-1]
-            if hasattr(m, "spk"):
-                m.spk = spk[-1]
+            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m,
+                                           x.reshape(num_steps, x.shape[1], -1))
             out, x = (spk, mem), spk
         elif isinstance(m, CHIP_PASSTHROUGH):
             x = _merge(m, x)

@@ -4,10 +4,10 @@ Each class has the constructor, forward signature, returns, parameters, buffers 
 of its snntorch parent (it is one: isinstance, utils.reset, SpikingNeuron.instances and state_dict
 keys are unchanged). In ideal mode a step runs the fused neuron op (the same arithmetic as
 snntorch, in the same order) on CUDA tensors or with backend="torch"/"triton" (with "auto", a single
-step on the CPU runs snntorch's own code: nothing to fuse there); what the op does not cover (inhibition, state_quant, custom spike
-functions, dtypes other than float32, Alpha) runs snntorch's own code, with a one-time notice. In
-chip mode (after convert(model, chip=...)) a neuron runs only inside forward_pass, which hands the
-whole sequence to the chip.
+step on the CPU runs snntorch's own code: nothing to fuse there); what the op does not cover
+(inhibition, state_quant, custom spike functions, dtypes other than float32, Alpha) runs
+snntorch's own code, with a one-time notice. In chip mode (after convert(model, chip=...)) a step
+is one step of the chip (chip_mode.step), and forward_pass runs a whole sequence at once.
 """
 import snntorch as snn
 import torch
@@ -54,15 +54,10 @@ class _BackendNeuron:
     _bss2_binding = None          # ChipBinding in chip mode
     _bss2_backend = "auto"
 
-    def _bss2_chip_guard(self):
-        if self._bss2_binding is not None:
-            raise RuntimeError(
-                f"{type(self).__name__} is bound to an emulated chip ({self._bss2_binding.placement.name!r}): "
-                f"the chip runs whole sequences, so call bss2_backend.integrations.snntorch.forward_pass("
-                f"net, num_steps, data) instead of stepping the neuron yourself")
-
     def _bss2_step(self, input_, states):
-        self._bss2_chip_guard()
+        if self.__dict__.get("_bss2_chip") is not None:
+            from . import chip_mode  # chip_mode imports this module
+            return chip_mode.step(self, input_, states)
         for name, state in states.items():
             # snntorch silently zeros a passed state of another shape; an empty or one-element one
             # (init_*(), torch.zeros(1)) is the tutorials' way to start, so only larger ones raise
@@ -122,7 +117,6 @@ class Lapicque(_BackendNeuron, snn.Lapicque, metaclass=_BackendType):
 
 class Alpha(_BackendNeuron, snn.Alpha, metaclass=_BackendType):
     def forward(self, input_, syn_exc=None, syn_inh=None, mem=None):
-        self._bss2_chip_guard()
         notice_once("Alpha", "Alpha: no fused kernel (its three-state update is not in the kernel "
                              "family); running snntorch's own code")
         return super().forward(input_, syn_exc, syn_inh, mem)
