@@ -325,9 +325,12 @@ def test_bad_input_is_named():
         forward_pass(net, 4, torch.rand(4, 2, 2, 3))
     lif = convert(nn.Sequential(snn.Leaky(0.9)), backend="torch")[0]
     with pytest.raises(ValueError, match="`mem` has shape"):
-        lif(torch.rand(2, 3), torch.zeros(3, 2))
+        lif(torch.rand(2, 3), torch.ones(3, 2))       # a state that would be lost
     spk, mem = lif(torch.rand(2, 3), torch.zeros(1))   # the tutorials' torch.zeros(1) start
     assert mem.shape == (2, 3)
+    # init_leaky() after a batch of another size: zeros of the old shape start, as in snntorch
+    spk, mem = lif(torch.rand(5, 3), lif.init_leaky())
+    assert mem.shape == (5, 3)
 
 
 def test_torch_path_never_imports_the_triton_kernels():

@@ -245,21 +245,22 @@ def run_layer(binding, linear, module, spikes):
 
 # --- step by step --------------------------------------------------------------------------------
 class _StepRun(NamedTuple):
-    """A chip-mode neuron's run between its steps: the chip's Run and the membrane tensor the
-    last step returned (a state passed back, or still stored, that shares its memory continues
-    the run; anything else starts a new one)."""
+    """A chip-mode neuron's run between its steps: the chip's Run and the membrane tensors the
+    last step returned and stored (a state passed back, or still stored, that shares memory with
+    one of them continues the run; anything else starts a new one)."""
     run: object
-    last: torch.Tensor
+    last: tuple
 
 
-def _keep(module, binding, spk, mem, run):
-    """Write a step's results where snntorch keeps them, and remember the run."""
+def _keep(module, binding, spk, mem, run, returned=None):
+    """Write a step's results where snntorch keeps them, and remember the run. `returned`: the
+    membrane the caller got, when it is not `mem` itself (a view of a fused run's result)."""
     module.mem = mem
     if module.__dict__.get("_bss2_kind") in ("rleaky", "rsynaptic"):
         module.spk = spk
     if run.state is not None and hasattr(module, "syn"):
         module.syn = (run.state.i_exc - run.state.i_inh) / binding.mapping.weight_gain
-    module.__dict__["_bss2_run"] = _StepRun(run, mem)
+    module.__dict__["_bss2_run"] = _StepRun(run, (mem,) if returned is None else (mem, returned))
 
 
 def _same_memory(a, b):
@@ -277,31 +278,42 @@ def _at_rest(name, t):
                      f"starts a new one); the chip's state cannot be set to other values")
 
 
-def step(module, input_, states):
-    """One snntorch forward call of a chip-mode neuron: one step of the chip, from the true chip
-    state kept in the module (membrane, currents, refractory counter), returning what snntorch
-    would (the membrane as the CADC reads it, times the threshold)."""
-    passed = {k: v for k, v in states.items() if v is not None}
-    if module.init_hidden and passed:
-        raise TypeError(f"`{'`, `'.join(passed)}` should not be passed as an argument while "
-                        f"`init_hidden=True` ({type(module).__name__} keeps its own state)")
-    linear, x_exc, x_inh = synapses_feeding(module, input_)
-    binding = module._bss2_binding
+def _continuing(module, passed):
+    """The run a call continues (a chip.Run), or None when it starts a new one from rest; raises
+    for a state that is neither."""
     mem_in = passed.get("mem", module.mem)
     kept = module.__dict__.get("_bss2_run")
-    continuing = None
-    if kept is not None and _same_memory(mem_in, kept.last):
+    if kept is not None and any(_same_memory(mem_in, last) for last in kept.last):
         continuing = kept.run
         if not mem_in.requires_grad and continuing.state is not None and \
                 continuing.state.v.requires_grad:
             # the state was detached (snntorch's detach_hidden, TBPTT): so is the chip's
             continuing = continuing._replace(state=type(continuing.state)(
                 *(t.detach() for t in continuing.state)))
-    else:
-        for name, t in passed.items():
-            _at_rest(name, t)
-        if not passed:
-            _at_rest("mem", module.mem)
+        return continuing
+    for name, t in passed.items():
+        _at_rest(name, t)
+    if not passed:
+        _at_rest("mem", module.mem)
+    return None
+
+
+def _passed(module, states):
+    passed = {k: v for k, v in states.items() if v is not None}
+    if module.init_hidden and passed:
+        raise TypeError(f"`{'`, `'.join(passed)}` should not be passed as an argument while "
+                        f"`init_hidden=True` ({type(module).__name__} keeps its own state)")
+    return passed
+
+
+def step(module, input_, states):
+    """One snntorch forward call of a chip-mode neuron: one step of the chip, from the true chip
+    state kept in the module (membrane, currents, refractory counter), returning what snntorch
+    would (the membrane as the CADC reads it, times the threshold)."""
+    passed = _passed(module, states)
+    linear, x_exc, x_inh = synapses_feeding(module, input_)
+    binding = module._bss2_binding
+    continuing = _continuing(module, passed)
     z, mem, run = run_neurons(binding, linear, module, x_exc, x_inh, continuing)
     # own tensors, not views of the [1, B, N] results: snntorch's helpers detach_() them in place
     spk, mem = z[0].clone(), mem[0].clone()
@@ -312,6 +324,50 @@ def step(module, input_, states):
     if kind in ("synaptic", "rsynaptic"):
         return spk, module.syn, mem
     return spk, mem
+
+
+# --- all steps of a recorded forward at once (fuse.py) -------------------------------------------
+def batched_synapses(linear, xs):
+    """The chip currents of a paired ChipSynapses for all steps' inputs xs (T tensors [..., n_in],
+    or one [T, ..., n_in]) at once; returns its outputs [T, ..., n_out] and keeps the currents for
+    its neuron's batched_steps."""
+    binding = linear._bss2_feeds._bss2_binding
+    same = not isinstance(xs, torch.Tensor) and all(x is xs[0] for x in xs)
+    x = xs if isinstance(xs, torch.Tensor) else xs[0].unsqueeze(0) if same else torch.stack(xs)
+    lead = x.shape[1:-1]
+    x_exc, x_inh = layer_currents(binding, linear, x.reshape(x.shape[0], -1, x.shape[-1]))
+    if same:        # the same input every step (a static image): its currents once
+        T = len(xs)
+        x_exc = x_exc.expand(T, *x_exc.shape[1:])
+        x_inh = None if x_inh is None else x_inh.expand(T, *x_inh.shape[1:])
+    signed = x_exc if x_inh is None else x_exc - x_inh
+    out = (signed / binding.mapping.weight_gain).reshape(len(xs), *lead, signed.shape[-1])
+    out = out.to(xs[0].dtype)
+    linear.__dict__["_bss2_last"] = None
+    linear.__dict__["_bss2_batch"] = (out, x_exc, x_inh)
+    return out
+
+
+def batched_steps(module, x, states):
+    """All steps of a chip-mode neuron in one run of the chip: x [T, ..., n_out] must be the
+    output batched_synapses just returned for its synapse array; states: the state passed at its
+    first step (as step() takes it). Continues the kept run or starts a new one like step().
+    Returns (spk, mem) [T, ..., n_out] and writes the final state back."""
+    passed = _passed(module, states)
+    linear = module.__dict__.get("_bss2_source")
+    batch = None if linear is None else linear.__dict__.pop("_bss2_batch", None)
+    if batch is None or batch[0] is not x:
+        raise ValueError(_not_fed(module, "the output of its synapse array"))
+    _, x_exc, x_inh = batch
+    binding = module._bss2_binding
+    if x_exc.stride(0) == 0:
+        x_exc = x_exc.contiguous()
+        x_inh = None if x_inh is None else x_inh.contiguous()
+    z, mem, run = run_neurons(binding, linear, module, x_exc, x_inh, _continuing(module, passed))
+    shape = x.shape
+    z, mem = z.reshape(shape), mem.reshape(shape)
+    _keep(module, binding, z[-1].clone(), mem[-1].clone(), run, returned=mem[-1])
+    return z, mem
 
 
 # --- which nn.Linear feeds which neuron: the data flow -------------------------------------------

@@ -8,6 +8,7 @@ from bss2_backend.dynamics import BACKENDS
 from bss2_backend.validation import check_choice
 
 from . import chip_mode, fused
+from . import fuse as time_fusion
 from .neurons import BACKEND, NEURON_KINDS, STOCK, backend_class, supported_kind
 
 NAMES = {kind: name for name, kind in NEURON_KINDS.items()}
@@ -38,7 +39,7 @@ def sequence_of(model):
     return out
 
 
-def convert(model, chip=None, backend="auto"):
+def convert(model, chip=None, backend="auto", fuse=True):
     """Swap the snntorch neurons of `model` for the backend's, in place, and return `model`.
 
     Args:
@@ -52,6 +53,11 @@ def convert(model, chip=None, backend="auto"):
             now, any other model when its data flow shows which Linear feeds which neuron, at its
             first step).
         backend: "auto" | "torch" | "triton" for the neuron ops (auto: Triton on CUDA tensors).
+        fuse: a model that is not an nn.Sequential gets its forward fused in time (fuse.py): a
+            forward that loops over the steps runs each layer once over all of them, with the
+            same results; what cannot be fused runs step by step with a one-time notice saying
+            why. False keeps the forward as written. (An nn.Sequential is one step per call;
+            forward_pass is its fused form.)
 
     A convert that fails leaves the model, its earlier placements and the chip as they were; a
     model converted again keeps its circuits; revert() frees them.
@@ -59,6 +65,8 @@ def convert(model, chip=None, backend="auto"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice("backend", backend, BACKENDS)
+    if not isinstance(fuse, bool):
+        raise TypeError(f"fuse must be True or False, got {fuse!r}")
     if chip is not None:
         from bss2_backend.chip import Chip
         if not isinstance(chip, Chip):
@@ -123,13 +131,16 @@ def convert(model, chip=None, backend="auto"):
         for owner_chip, placement, owner in released:
             owner_chip.restore(placement, owner)
         raise
+    time_fusion.uninstall(model)
+    if fuse and not isinstance(model, nn.Sequential):
+        time_fusion.install(model)
     return model
 
 
 # what convert sets on a neuron or a Linear (and revert removes)
 ATTRS = ("_bss2_binding", "_bss2_backend", "_bss2_pending_chip", "_bss2_chip", "_bss2_where",
          "_bss2_kind", "_bss2_candidates", "_bss2_source", "_bss2_run", "_bss2_feeds",
-         "_bss2_last")
+         "_bss2_last", "_bss2_batch")
 
 
 def _synapse_candidates(model):
@@ -265,6 +276,7 @@ def revert(model):
     """Undo convert: the model's neurons become snntorch's own classes again, its chip-mode
     Linears plain nn.Linear, and the circuits of its chip-mode layers are freed."""
     _release(model)
+    time_fusion.uninstall(model)
     for _, lin in _chip_linears(model):
         _unsynapse(lin)
     for _, m in neurons_of(model):

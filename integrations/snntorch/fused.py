@@ -214,6 +214,12 @@ def step(module, input_, states):
 
 def multistep(module, x):
     """All steps of x [T, *S] at once; writes the final state back. Returns (spk, mem) [T, *S]."""
+    spk, _, mem = multistep_states(module, x)
+    return spk, mem
+
+
+def multistep_states(module, x):
+    """multistep with the synaptic current too: (spk, syn or None, mem) [T, *S]."""
     kind = supported_kind(module)
     current = _prologue(module, kind, x.shape[1:], x)
     if x.dtype != torch.float32 or any(s.dtype != torch.float32 for s in current.values()):
@@ -233,4 +239,4 @@ def multistep(module, x):
         module.syn = syn[-1].clone()
     if kind in ("rleaky", "rsynaptic"):
         module.spk = spk[-1].clone()
-    return spk, mem
+    return spk, syn, mem

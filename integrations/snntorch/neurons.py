@@ -49,20 +49,30 @@ class _BackendType(type):
         return isinstance(obj, stock) if stock is not None else super().__instancecheck__(obj)
 
 
+# recorders of a forward being fused (fuse.py) that want to see the neurons' state assignments
+STATE_WATCHERS = []
+
+
 class _BackendNeuron:
     """What every backend neuron adds to its snntorch parent."""
     _bss2_binding = None          # ChipBinding in chip mode
     _bss2_backend = "auto"
+
+    def __setattr__(self, name, value):
+        if STATE_WATCHERS and name in ("mem", "syn", "spk"):
+            STATE_WATCHERS[-1].state_set(self, name, value)
+        super().__setattr__(name, value)
 
     def _bss2_step(self, input_, states):
         if self.__dict__.get("_bss2_chip") is not None:
             from . import chip_mode  # chip_mode imports this module
             return chip_mode.step(self, input_, states)
         for name, state in states.items():
-            # snntorch silently zeros a passed state of another shape; an empty or one-element one
-            # (init_*(), torch.zeros(1)) is the tutorials' way to start, so only larger ones raise
+            # snntorch silently zeros a passed state of another shape. Zeros are the tutorials' way
+            # to start (init_*() returns empty ones, or zeros of the last batch's shape when the
+            # batch size changes); a non-zero one of the wrong shape would be lost, so it raises
             if isinstance(state, torch.Tensor) and state.numel() > 1 and isinstance(input_, torch.Tensor) \
-                    and state.shape != input_.shape:
+                    and state.shape != input_.shape and bool(state.detach().ne(0).any()):
                 raise ValueError(f"{type(self).__name__}: `{name}` has shape {tuple(state.shape)} but "
                                  f"the input has shape {tuple(input_.shape)}; pass a state of the "
                                  f"input's shape, or the empty one init_*() returns")
