@@ -218,3 +218,63 @@ def forward_pass_matches(build_stock, build_ours, workload, device):
             _compare(f"d{name}", grads.get(name), g_ref, tol, "grads", errors, report)
     detail = "forward_pass vs stock snntorch (float32): " + ", ".join(report)
     return Check("fail" if errors else "pass", detail + ("; FAILED " + "; ".join(errors) if errors else ""))
+
+
+def _grads(model):
+    return {name: weight.grad for name, weight in model.weights().items()}
+
+
+@_guard
+def loop_matches(build_stock, build_ours, workload, device):
+    """The tutorial-style class after convert() (ideal mode) vs stock snntorch on the same weights,
+    at the second call (the first records the fused plan): readout membranes and gradients."""
+    w = workload.check_size()
+    stock, ours = build_stock(w, device), build_ours(w, device)
+    with torch.no_grad():
+        for name, weight in stock.weights().items():
+            ours.weights()[name].copy_(weight)
+    x, labels = make_inputs(w, device, seed=3)
+    with torch.no_grad():
+        ours(x)
+    tol, errors, report = TOLERANCES[torch.float32], [], []
+    results = []
+    for model in (ours, stock):
+        model.zero_grad(set_to_none=True)
+        spk, mem = model(x)
+        loss_of(spk, mem, labels).backward()
+        results.append((mem, _grads(model)))
+    (mem, grads), (mem_ref, grads_ref) = results
+    _compare("membrane", mem, mem_ref, tol, "values", errors, report)
+    for name, g_ref in grads_ref.items():
+        if g_ref is not None:
+            _compare(f"d{name}", grads.get(name), g_ref, tol, "grads", errors, report)
+    detail = "the class after convert vs stock snntorch (float32): " + ", ".join(report)
+    return Check("fail" if errors else "pass", detail + ("; FAILED " + "; ".join(errors) if errors else ""))
+
+
+@_guard
+def chip_loop_matches(build_fused, build_steps, workload, device):
+    """Chip mode, noise on, same chip seed: the fused class vs the same class step by step, at
+    the second call: identical spikes and membranes, gradients equal to rounding."""
+    w = workload.check_size()
+    fused, steps = build_fused(w, device), build_steps(w, device)
+    x, labels = make_inputs(w, device, seed=3)
+    results = []
+    for model in (fused, steps):
+        with torch.no_grad():
+            model(x)
+        model.zero_grad(set_to_none=True)
+        spk, mem = model(x)
+        loss_of(spk, mem, labels).backward()
+        results.append((spk, mem, _grads(model)))
+    (spk, mem, grads), (spk_ref, mem_ref, grads_ref) = results
+    tol, errors, report = TOLERANCES[torch.float32], [], []
+    same = bool(torch.equal(spk, spk_ref) and torch.equal(mem, mem_ref))
+    report.append(f"spikes and membranes {'identical' if same else 'DIFFER'}")
+    if not same:
+        errors.append("spikes or membranes differ")
+    for name, g_ref in grads_ref.items():
+        if g_ref is not None:
+            _compare(f"d{name}", grads.get(name), g_ref, tol, "grads", errors, report)
+    detail = "chip fused vs chip step by step (noise on): " + ", ".join(report)
+    return Check("fail" if errors else "pass", detail + ("; FAILED " + "; ".join(errors) if errors else ""))

@@ -13,7 +13,12 @@
 - gemm-only (workloads without readout, the ON shape): the Linear layer alone, one GEMM over all
   steps, no neurons: what the neuron kernels add on top of the GEMMs is the difference;
 - bss2.forward_pass / snntorch (kind forward_pass): a tutorial nn.Sequential run through
-  bss2_backend.integrations.snntorch.forward_pass after convert(), or stock.
+  bss2_backend.integrations.snntorch.forward_pass after convert(), or stock;
+- kind loop: the tutorial-style class (TutorialLoopNet) as stock snntorch, and unchanged after one
+  line: bss2.loop[ideal|chip] = convert(net[, chip]) (its forward fused in time),
+  bss2.steps[ideal|chip] = convert(net[, chip], fuse=False) (the per-step path), and
+  bss2.forward_pass[ideal]: the same network as an nn.Sequential through forward_pass, the speed
+  the fused loop is to match.
 
 Triton is optional: without it (or a GPU / the interpreter) the Triton implementations are
 recorded as not available, never faked.
@@ -114,6 +119,44 @@ class GemmOnly(nn.Module):
 
     def forward(self, spikes):
         return spikes @ self.w_in.t(), None
+
+
+class TutorialLoopNet(nn.Module):
+    """The paper's MNIST net as the snntorch tutorials write a class: fc1/lif1/fc2/lif2
+    attributes and a forward that loops over the steps with explicit state, recording and
+    stacking (no biases: the chip has none)."""
+
+    def __init__(self, w):
+        super().__init__()
+        import snntorch as snn
+        self.fc1 = nn.Linear(w.n_in, w.n_hidden, bias=False)
+        self.lif1 = snn.Leaky(SNN_BETA, reset_mechanism="zero")
+        self.fc2 = nn.Linear(w.n_hidden, w.n_out, bias=False)
+        self.lif2 = snn.Leaky(SNN_BETA, reset_mechanism="none")
+
+    def weights(self):
+        return {"w_in": self.fc1.weight, "w_out": self.fc2.weight}
+
+    def forward(self, spikes):
+        mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+        spk1_rec, mem2_rec = [], []
+        for step in range(spikes.shape[0]):
+            spk1, mem1 = self.lif1(self.fc1(spikes[step]), mem1)
+            _, mem2 = self.lif2(self.fc2(spk1), mem2)
+            spk1_rec.append(spk1)
+            mem2_rec.append(mem2)
+        return torch.stack(spk1_rec), torch.stack(mem2_rec)
+
+
+def loop_sequential(w):
+    """TutorialLoopNet as an nn.Sequential (its forward_pass form)."""
+    import snntorch as snn
+    return nn.Sequential(nn.Linear(w.n_in, w.n_hidden, bias=False),
+                         snn.Leaky(SNN_BETA, reset_mechanism="zero", init_hidden=True),
+                         nn.Linear(w.n_hidden, w.n_out, bias=False),
+                         snn.Leaky(SNN_BETA, reset_mechanism="none", init_hidden=True,
+                                   output=True))
 
 
 def tutorial_net(w):
@@ -239,6 +282,53 @@ def _stock_forward_pass_build(w, device, dtype=torch.float32):
     return ForwardPassNet(tutorial_net(w).to(device=device, dtype=dtype), stock_forward_pass)
 
 
+def _loop_build(chip, fuse):
+    def build(w, device, dtype=torch.float32):
+        import warnings
+        from bss2_backend.integrations.snntorch import convert
+        torch.manual_seed(0)
+        net = TutorialLoopNet(w).to(device=device, dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # chip mode's note on reset_mechanism
+            return convert(net, Chip(seed=0) if chip else None, fuse=fuse)
+    return build
+
+
+def _loop_stock_build(w, device, dtype=torch.float32):
+    torch.manual_seed(0)
+    return TutorialLoopNet(w).to(device=device, dtype=dtype)
+
+
+def _loop_forward_pass_build(w, device, dtype=torch.float32):
+    from bss2_backend.integrations.snntorch import convert, forward_pass
+    torch.manual_seed(0)
+    net = convert(loop_sequential(w).to(device=device, dtype=dtype))
+    return ForwardPassNet(net, lambda net, steps, x: forward_pass(net, steps, x))
+
+
+def _loop_impls(auto):
+    reference = lambda w, device: checks.Check("reference", "baseline, not checked")
+    ideal_check = lambda build: (lambda w, device: checks.loop_matches(
+        _loop_stock_build, build, w, device))
+    fused_chip, steps_chip = _loop_build(True, True), _loop_build(True, False)
+    return [
+        Impl("snntorch", "loop", _loop_stock_build, reference, baseline=True),
+        Impl("bss2.loop[ideal]", "loop", _loop_build(False, True),
+             ideal_check(_loop_build(False, True)), backend=auto),
+        Impl("bss2.steps[ideal]", "loop", _loop_build(False, False),
+             ideal_check(_loop_build(False, False)), backend=auto),
+        Impl("bss2.forward_pass[ideal]", "loop", _loop_forward_pass_build,
+             ideal_check(_loop_forward_pass_build), backend=auto),
+        Impl("bss2.loop[chip]", "loop", fused_chip,
+             lambda w, device: checks.chip_loop_matches(fused_chip, steps_chip, w, device),
+             backend=auto),
+        Impl("bss2.steps[chip]", "loop", steps_chip,
+             lambda w, device: checks.Check("reference", "the chip step by step: the reference "
+                                                         "of bss2.loop[chip]"),
+             backend=auto),
+    ]
+
+
 def default_impls(device):
     """Every implementation for `device`, in the order the table prints them."""
     auto = resolve_backend("auto", device)
@@ -263,4 +353,4 @@ def default_impls(device):
                  _stock_forward_pass_build, _forward_pass_build, w, device),
              backend=auto),
     ]
-    return impls
+    return impls + _loop_impls(auto)

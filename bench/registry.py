@@ -3,14 +3,16 @@
 Every workload is a network of one hidden population, time-major [T, B, features]:
 input spikes -> (recurrent) LIF -> optional LI readout. kind "chip" is timed with the chip layers,
 stock snntorch and an eager loop; kind "forward_pass" is a tutorial-style snntorch nn.Sequential
-run by stock snntorch and by bss2_backend.integrations.snntorch.forward_pass.
+run by stock snntorch and by bss2_backend.integrations.snntorch.forward_pass; kind "loop" is the
+network written as a tutorial-style class whose forward loops over the steps, run by stock
+snntorch and, unchanged, after convert() (fused in time, and step by step), ideal and on a chip.
 """
 from dataclasses import dataclass, replace
 
 import torch
 
 CODINGS = ("latency", "poisson")
-WORKLOAD_KINDS = ("chip", "forward_pass")
+WORKLOAD_KINDS = ("chip", "forward_pass", "loop")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ WORKLOADS = (
                strict=False, rate=0.1) for n in (4096, 8192, 16384)),
     Workload("A-fp", "snntorch tutorial net through forward_pass", 256, 246, 10, False,
              100, 64, coding="latency", kind="forward_pass"),
+    Workload("A-loop", "paper MNIST net as a tutorial-style class looping over time", 256, 246,
+             10, False, 100, 256, coding="latency", kind="loop"),
+    Workload("A-loop-64", "A-loop at batch 64", 256, 246, 10, False, 100, 64, coding="latency",
+             kind="loop"),
 )
 
 

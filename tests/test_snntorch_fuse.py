@@ -386,6 +386,13 @@ def test_a_new_input_shape_or_mode_records_a_new_plan_and_revert_undoes_fusion()
     ours.eval()
     ours(x)
     assert len(ours._bss2_plans) == 4
+    conv_stock, conv = _pair(ConvStatic)
+    convert(conv)
+    img = _input(ConvStatic, 0)
+    for steps in (T, 4, 4):           # a num_steps attribute changed: a new plan
+        conv.steps = conv_stock.steps = steps
+        assert conv(img).shape[0] == steps
+        torch.testing.assert_close(conv(img), conv_stock(img))
     assert ours.state_dict().keys() == stock.state_dict().keys()
     revert(ours)
     assert type(ours) is Explicit and "_bss2_plans" not in ours.__dict__
