@@ -72,6 +72,62 @@ def test_backprop_bptt_under_patch_for_neurons_built_before_and_after():
             assert torch.isfinite(torch.as_tensor(loss))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("method", ["BPTT", "TBPTT", "RTRL"])
+def test_backprop_helpers_under_patch_equal_stock(method):
+    """snntorch's backprop helpers (static data, num_steps) give stock's loss under patch() for
+    neurons built before and after it."""
+    from snntorch import backprop
+    data = [(torch.rand(2, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 2]))]
+    kw = {"K": 2} if method == "TBPTT" else {}
+
+    def loss(net):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        return float(getattr(backprop, method)(net, data, opt, SF.ce_rate_loss(), num_steps=5,
+                                               time_var=False, **kw))
+    torch.manual_seed(0)
+    ref = loss(_hidden_net())
+    torch.manual_seed(0)
+    before = _hidden_net()
+    with patch():
+        torch.manual_seed(0)
+        after = _hidden_net()
+        assert type(after[1]) is not backend.STOCK["Leaky"]
+        assert loss(before) == pytest.approx(ref, rel=1e-6)
+        assert loss(after) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2), (0, 2, 1)])
+def test_nested_patches_restore_stock_in_any_undo_order(order):
+    stock = {name: getattr(snn, name) for name in backend.STOCK}
+    patches = [patch(), patch(Chip(seed=1)), patch()]
+    for i in order:
+        assert snn.Leaky is not stock["Leaky"]
+        patches[i].undo()
+        live = [p for p in patches if p.active]
+        if live:       # the newest patch still in force is the one snntorch's names show
+            assert snn.Leaky is live[-1].classes["Leaky"]
+    assert {name: getattr(snn, name) for name in backend.STOCK} == stock
+
+
+def test_forward_pass_on_flatten_first_nets_and_unconverted_nets():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), snn.Leaky(0.9, init_hidden=True, output=True))
+    ref = copy.deepcopy(net)
+    with pytest.warns(BackendNotice, match="convert"):      # stock neurons: step by step
+        forward_pass(ref, 4, torch.rand(3, 1, 4, 4))
+    convert(net)
+    img = torch.rand(3, 1, 4, 4)                       # one image batch, repeated every step
+    spk, mem = forward_pass(net, 4, img)
+    assert spk.shape == mem.shape == (4, 3, 5)
+    seq = torch.rand(4, 3, 1, 4, 4)                    # time-major image sequence
+    spk, mem = forward_pass(net, 4, seq)
+    assert mem.shape == (4, 3, 5)
+    # equal to stock snntorch stepping the same net
+    ref[2].reset_mem()                  # a deep copy: utils.reset does not see it
+    stock = [ref(seq[t])[1] for t in range(4)]
+    torch.testing.assert_close(mem, torch.stack(stock))
+
+
 def test_isinstance_of_the_patched_names():
     stock = snn.Leaky(0.9)
     with patch():

@@ -615,7 +615,10 @@ def fused_forward(model, forward, args, kwargs):
     if torch.compiler.is_compiling() or STATE_WATCHERS:
         return forward(*args, **kwargs)
     plans = model.__dict__.setdefault("_bss2_plans", {})
-    key = _signature(args, kwargs, model.training)
+    # the model's own plain settings (a num_steps attribute) shape the loop as much as the input
+    settings = tuple(sorted((k, v) for k, v in model.__dict__.items()
+                            if not k.startswith("_") and type(v) in (int, float, bool, str)))
+    key = (_signature(args, kwargs, model.training), settings)
     plan = plans.get(key)
     if plan is None:
         out, rec = record(model, forward, args, kwargs)
