@@ -196,12 +196,17 @@ def _user_errors():
 
 
 def cmd_train(args):
+    import torch.distributed as dist
     try:
-        return _train(args)
+        result = _train(args)
+        if dist.is_available() and dist.is_initialized():
+            # every rank done before any tears the group down: gloo aborts a rank whose peer
+            # closed the connection under it ("terminate called without an active exception")
+            dist.barrier()
+        return result
     except _user_errors() as e:
         raise UserError(str(e)) from None
     finally:
-        import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
