@@ -8,7 +8,7 @@ from . import constants as C
 from . import dynamics
 from .dynamics import Recurrence, pack
 from .mismatch import Mismatch, draw_circuits, draw_rows
-from .noise import Noise, layer_seed, run_seed
+from .noise import Noise, layer_key, layer_seed, layer_seed_tensor, run_seed
 from .parameters import INTEGRATIONS, Calibration, CircuitParams, LIFParams
 from .placement import MAX_VIRTUAL_CIRCUITS, Allocator, Placement, PlacementError
 from .readout import ReadoutParams
@@ -112,7 +112,12 @@ class Chip:
         self.integration = integration
         self.surrogate = as_surrogate(surrogate)
         self.runs = 0
-        self.layer_runs = {}          # first circuit of a placed layer -> its runs so far
+        self._layer_runs = {}         # first circuit of a placed layer -> its runs so far: an
+                                      # int, or an int64 tensor [1] on the device it runs on
+        self._keys = {}               # (circuit, device) -> the layer's seed key on that device
+        # where layers' run counters live: None = on the device a layer runs on unless that is
+        # the CPU; True = as tensors always (CPU too: for torch.compile / tracing); False = host
+        self.device_counters = None
         self._allocator = Allocator(strict)
         self._placements = {}
         self._owners = {}             # placement name -> weakref to the layer that claimed it
@@ -292,7 +297,8 @@ class Chip:
         `continuing` (the Run an earlier call returned), the next steps of that run.
         Returns (spikes, read membrane, Run)."""
         cfg = dynamics.config(readout, self.noise.membrane_lsb, self.surrogate, spiking, decays[1])
-        run = Run(self.next_seed(placement), 0, None) if continuing is None else continuing
+        run = Run(self.next_seed(placement, x_exc.device), 0, None) if continuing is None \
+            else continuing
         z, u, state = dynamics.execute(x_exc, x_inh, packed, cfg, run.seed, recurrence, backend,
                                        run.state, run.step)
         return z, u, Run(run.seed, run.step + x_exc.shape[0], state)
@@ -318,18 +324,51 @@ class Chip:
                            gain * self._rows[row_inh])
 
     # --- temporal noise --------------------------------------------------------------------------
-    def next_seed(self, placement=None):
+    def next_seed(self, placement=None, device=None):
         """Seed for the next run of a layer; advances the run counters (runs: all runs). With the
         layer's placement, the seed is keyed by where the layer sits (its first circuit) and by
         that layer's own run count, so a layer's noise depends neither on other layers' runs nor
-        on the order layers run in; without, by the chip-wide count."""
-        self.runs += 1
+        on the order layers run in; without, by the chip-wide count.
+
+        With a placement and a `device` where counters live (device_counters: by default any
+        but the CPU), the layer's run counter is an int64 tensor on that device and the seed an
+        int64 tensor [1] computed there by tensor ops (no host synchronisation): a captured CUDA
+        graph or a compiled graph advances the counter and draws new noise on every replay. The
+        same run count gives the same seed on the host and on the device."""
         if placement is None:
+            self.runs += 1
             return run_seed(self.seed, self.runs - 1)
         where = placement.circuits[0][0]
-        run = self.layer_runs.get(where, 0)
-        self.layer_runs[where] = run + 1
+        on_device = device is not None and (
+            self.device_counters if self.device_counters is not None
+            else torch.device(device).type != "cpu")
+        if on_device:
+            device = torch.device(device)
+            counter = self._layer_runs.get(where, 0)
+            if not isinstance(counter, torch.Tensor) or counter.device != device:
+                counter = torch.tensor([int(counter)], dtype=torch.int64, device=device)
+                self._layer_runs[where] = counter
+            key = self._keys.get((where, device))
+            if key is None:
+                key = torch.tensor([layer_key(self.seed, where)], dtype=torch.int64,
+                                   device=device)
+                self._keys[(where, device)] = key
+            seed = layer_seed_tensor(key, counter)
+            counter.add_(1)
+            return seed
+        self.runs += 1
+        run = int(self._layer_runs.get(where, 0))
+        self._layer_runs[where] = run + 1
         return layer_seed(self.seed, where, run)
+
+    @property
+    def layer_runs(self):
+        """{first circuit of a layer: its runs so far} (reads the counters kept on a device)."""
+        return {k: int(v) for k, v in self._layer_runs.items()}
+
+    @layer_runs.setter
+    def layer_runs(self, value):
+        self._layer_runs = {int(k): int(v) for k, v in dict(value).items()}
 
     # --- save / load -----------------------------------------------------------------------------
     def config(self):

@@ -46,15 +46,34 @@ def run_seed(chip_seed, run):
     return x & ((1 << 31) - 1)
 
 
-def layer_seed(chip_seed, circuit, run):
-    """A 63-bit seed for run number `run` of the layer whose first circuit is `circuit`: noise
-    belongs to where a layer sits on the chip, not to the order layers happen to run in."""
+# a layer's run seeds: (key + run * RUN_STRIDE) mod SEED_PRIME, integer arithmetic that never
+# overflows int64 (key < 2^61, run < 2^32, RUN_STRIDE < 2^31), so the host (Python ints) and the
+# device (an int64 counter advanced by tensor ops, as a captured CUDA graph needs) compute the
+# same seeds; distinct for every run of a layer, as SEED_PRIME is prime
+SEED_PRIME = (1 << 61) - 1
+RUN_STRIDE = 0x5BD1E995
+RUN_MASK = (1 << 32) - 1
+
+
+def layer_key(chip_seed, circuit):
+    """The seed of run 0 of the layer whose first circuit is `circuit`: noise belongs to where a
+    layer sits on the chip, not to the order layers happen to run in."""
     x = (int(chip_seed) * 0x9E3779B97F4A7C15 + int(circuit) * 0xC2B2AE3D27D4EB4F +
-         int(run) * 0xBF58476D1CE4E5B9 + 0x165667B19E3779F9) & ((1 << 64) - 1)
+         0x165667B19E3779F9) & ((1 << 64) - 1)
     x ^= x >> 33
     x = (x * 0xFF51AFD7ED558CCD) & ((1 << 64) - 1)
     x ^= x >> 33
     x = (x * 0xC4CEB9FE1A85EC53) & ((1 << 64) - 1)
     x ^= x >> 33
-    return x & ((1 << 63) - 1)
+    return x % SEED_PRIME
+
+
+def layer_seed(chip_seed, circuit, run):
+    """The seed of run number `run` of a layer (see layer_key); an int in [0, 2^61)."""
+    return (layer_key(chip_seed, circuit) + (int(run) & RUN_MASK) * RUN_STRIDE) % SEED_PRIME
+
+
+def layer_seed_tensor(key, runs):
+    """layer_seed on the device: key and runs int64 tensors; no host synchronisation."""
+    return (key + (runs & RUN_MASK) * RUN_STRIDE) % SEED_PRIME
 

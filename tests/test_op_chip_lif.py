@@ -632,7 +632,7 @@ def test_kernels_compile_for_sm90_within_shared_memory():
         fwd = {"x_exc": f, "x_inh": f, "par": f, "ref_steps": "*i32", "offset": f, "w_exc_t": f,
                "w_inh_t": f, "v0": f, "ie0": f, "ii0": f, "ref0": "*i32", "z0": f, "z": f, "u": f,
                "free": "*u8", "v_out": f, "ie_out": f, "ii_out": f, "ref_out": "*i32",
-               "seed": "i32", "noise_base": "i64", "sigma_mem": "fp32", "sigma_read": "fp32",
+               "seed": "i64", "seed_ptr": "*i64", "noise_base": "i64", "sigma_mem": "fp32", "sigma_read": "fp32",
                "unit": "fp32", "zero": "fp32", "inv_unit": "fp32", "T": "i32", "B": "i32",
                "N": "i32"}
         bwd = {"g_z": f, "g_u": f, "z": f, "u": f, "free": "*u8", "nom": f, "w": f, "g_vT": f,
@@ -645,7 +645,7 @@ def test_kernels_compile_for_sm90_within_shared_memory():
             for state in (False, True):
                 build(k.chip_lif_fwd_kernel, fwd, dict(HAS_INH=True, HAS_REC=recurrent,
                       SPIKING=True, QUANTISE=True, MEM_NOISE=True, READ_NOISE=True,
-                      HAS_STATE=state, **blocks), recurrent, warps)
+                      HAS_STATE=state, SEED_PTR=state, **blocks), recurrent, warps)
             for kind in range(len(sg.NAMES)):
                 build(k.chip_lif_bwd_kernel, bwd, dict(HAS_GZ=True, HAS_GU=True, HAS_INH=True,
                       HAS_REC=recurrent, SPIKING=True, KIND=kind, HAS_GSTATE=kind == 1,

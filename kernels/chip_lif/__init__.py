@@ -64,9 +64,19 @@ def _int(t):
     return int(t.item()) if isinstance(t, torch.Tensor) else t
 
 
+def _seed(t, impl, device):
+    """The seed as the implementations take it: an int, or for the kernels an int64 tensor on the
+    inputs' device (read there: a captured CUDA graph advances it on every replay). The twin reads
+    a tensor itself (reference.host_seed)."""
+    if isinstance(t, torch.Tensor) and impl == "triton" and t.device != device:
+        return int(t.reshape(-1)[0])
+    return t
+
+
 def _forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed, step,
              v0, ie0, ii0, ref0, z0):
-    return _impl(impl).forward(config, x_exc, x_inh, par, ref, offset, w_exc, w_inh, _int(seed),
+    return _impl(impl).forward(config, x_exc, x_inh, par, ref, offset, w_exc, w_inh,
+                               _seed(seed, impl, x_exc.device),
                                _int(step), v0, ie0, ii0, ref0, z0)
 
 
@@ -158,7 +168,9 @@ def chip_lif(x_exc, x_inh, par, ref, offset, nom, config, seed, *, recurrence=No
     Args:
         x_exc, x_inh: input currents [T, B, N], model units per step; x_inh may be None.
         par, ref, offset, nom: packed parameters (module docstring), on the inputs' device.
-        config: ChipLIFConfig. seed: int seed of this run's temporal noise.
+        config: ChipLIFConfig. seed: the seed of this run's temporal noise: an int, or an int64
+            tensor of one element on the inputs' device (the kernels read it there, so a captured
+            CUDA graph that advances it draws new noise on every replay).
         recurrence: None or (w, w_exc, w_inh) [N, N]: w the float weight the gradient sees (row =
             postsynaptic), w_exc / w_inh the non-negative effective weights the chip realises,
             applied to the previous step's spikes.
@@ -189,9 +201,15 @@ def chip_lif(x_exc, x_inh, par, ref, offset, nom, config, seed, *, recurrence=No
     if state is not None:
         v0, ie0, ii0, ref0, z0 = state
         z0 = z0 if w_rec is not None else None
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise ValueError(f"seed: a seed tensor must hold one int64, got {seed.dtype} of shape "
+                             f"{tuple(seed.shape)}")
+        seed = seed.reshape(1)
+    elif torch.compiler.is_compiling():
+        seed = torch.tensor(int(seed))
     if torch.compiler.is_compiling():
-        seed, step = torch.tensor(int(seed)), torch.tensor(int(step))
+        step = torch.tensor(int(step))
     z, u, v, ie, ii, _, ref_out = OP(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec,
-                                     w_exc, w_inh, int(seed) if isinstance(seed, int) else seed,
-                                     step, v0, ie0, ii0, ref0, z0)
+                                     w_exc, w_inh, seed, step, v0, ie0, ii0, ref0, z0)
     return z.to(x_exc.dtype), u.to(x_exc.dtype), ChipState(v, ie, ii, ref_out, z[-1])

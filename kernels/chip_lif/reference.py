@@ -53,6 +53,21 @@ def step_seed(seed, step, stream):
     return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
+def host_seed(seed, config):
+    """The twin seeds a torch.Generator per step, which takes a Python int: a seed tensor is read
+    on the host (free for a CPU tensor, a synchronisation on a GPU, impossible while a CUDA graph
+    is captured: the fused kernels read it on the device)."""
+    if not isinstance(seed, torch.Tensor):
+        return seed
+    if config.membrane_noise_lsb == 0 and config.readout_noise_lsb == 0:
+        return 0                           # unused: nothing to read
+    if seed.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("chip_lif: the torch twin draws its noise from a host-seeded "
+                           "generator, which a CUDA graph cannot capture; use backend='triton' "
+                           "(the default on CUDA) or a chip without noise")
+    return int(seed.reshape(-1)[0])
+
+
 def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed, step0=0, v0=None,
             ie0=None, ii0=None, ref0=None, z0=None):
     """(z, u, v, i_e, i_i, free, ref): spikes and read membranes [T, B, N] in the packed
@@ -66,6 +81,7 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed, st
     T, B, N = x_exc.shape
     cdtype, dev = par.dtype, x_exc.device
     v_leak, v_reset, v_th, a_mem, a_syn_exc, a_syn_inh = par
+    seed = host_seed(seed, config)
     offset = offset.to(cdtype)
     rec_e = rec_i = None
     if w_exc is not None:

@@ -48,11 +48,11 @@ def chip_lif_fwd_kernel(
     x_exc, x_inh, par, ref_steps, offset, w_exc_t, w_inh_t,
     v0, ie0, ii0, ref0, z0,
     z, u, free, v_out, ie_out, ii_out, ref_out,
-    seed, noise_base, sigma_mem, sigma_read, unit, zero, inv_unit,
+    seed, seed_ptr, noise_base, sigma_mem, sigma_read, unit, zero, inv_unit,
     T, B, N,
     HAS_INH: tl.constexpr, HAS_REC: tl.constexpr, SPIKING: tl.constexpr,
     QUANTISE: tl.constexpr, MEM_NOISE: tl.constexpr, READ_NOISE: tl.constexpr,
-    HAS_STATE: tl.constexpr,
+    HAS_STATE: tl.constexpr, SEED_PTR: tl.constexpr,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     o_b, o_n, m_b, m_n, m_bn, o_bn = _tile(B, N, BB, BN)
@@ -66,6 +66,9 @@ def chip_lif_fwd_kernel(
     b_keep_i = 1.0 - tl.load(par + 5 * N + o_n, mask=m_n, other=0.0)[None, :]
     b_refsteps = tl.load(ref_steps + o_n, mask=m_n, other=0)[None, :]
     b_off = tl.load(offset + o_n, mask=m_n, other=0.0)[None, :]
+    if SEED_PTR:
+        # the seed lives in device memory (a captured CUDA graph advances it on every replay)
+        seed = tl.load(seed_ptr)
 
     if HAS_STATE:
         # a run continued from its state after an earlier step
@@ -314,18 +317,21 @@ def forward(config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed, st
     w_exc_t = w_exc.to(cdtype).t().contiguous() if recurrent else par
     w_inh_t = w_inh.to(cdtype).t().contiguous() if recurrent else par
     state = lambda t, dtype=cdtype: t.to(dtype).contiguous() if has_state and t is not None else par
+    # a seed tensor (int64, on the device) is read by the kernel; an int is passed by value
+    seed_ptr = seed.reshape(1) if isinstance(seed, torch.Tensor) else ref_steps
     _launch(chip_lif_fwd_kernel, B, N, recurrent,
             (x_exc, x_inh if x_inh is not None else x_exc, par, ref_steps,
              offset.to(cdtype).contiguous(), w_exc_t, w_inh_t,
              state(v0), state(ie0), state(ii0), state(ref0, torch.int32) if has_state else ref_steps,
              state(z0) if recurrent else par,
              z, u, free if spiking else z, *state_out, ref_out,
-             seed, int(step0) * B * N, config.membrane_noise_lsb / unit, config.readout_noise_lsb,
+             0 if isinstance(seed, torch.Tensor) else seed, seed_ptr, int(step0) * B * N,
+             config.membrane_noise_lsb / unit, config.readout_noise_lsb,
              unit, config.zero_lsb, 1.0 / unit, T, B, N),
             dict(HAS_INH=x_inh is not None, HAS_REC=recurrent, SPIKING=spiking,
                  QUANTISE=config.quantise, MEM_NOISE=config.membrane_noise_lsb > 0,
                  READ_NOISE=config.readout_noise_lsb > 0, HAS_STATE=has_state,
-                 PRECISION=_dot_precision(cdtype)))
+                 SEED_PTR=isinstance(seed, torch.Tensor), PRECISION=_dot_precision(cdtype)))
     return (z, u, *state_out, free, ref_out)
 
 
