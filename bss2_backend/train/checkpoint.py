@@ -277,6 +277,11 @@ def restore(state, path, model, optimiser, chip):
                       f"its parameter {list(params[pid].shape)}")
     model.load_state_dict(saved)
     optimiser.load_state_dict(opt)
+    for group in optimiser.param_groups:
+        # Adam is capturable on a GPU (its step count on the device, for CUDA graphs) and not on
+        # the CPU: a checkpoint resumes on either
+        if "capturable" in group:
+            group["capturable"] = params[0].is_cuda
     chip.runs = int(state["chip"]["runs"])
     chip.layer_runs = dict(state["chip"].get("layer_runs", {}))
     torch.set_rng_state(state["rng"])

@@ -39,6 +39,9 @@ def register(subparsers):
                        help="checkpoint, metrics and plots go here (default ./bss2-train)")
     train.add_argument("--resume", action="store_true",
                        help="continue exactly from DIR/checkpoint.pt up to --epochs")
+    train.add_argument("--no-cuda-graph", action="store_true",
+                       help="on a GPU, run every batch eagerly instead of replaying it as one "
+                            "captured CUDA graph (the same results, more host time)")
     train.set_defaults(func=cmd_train, _user_errors=False)
 
     sc = subparsers.add_parser(
@@ -235,6 +238,7 @@ def _train(args):
         plots.plot_history(history, out / "curves.png")
 
     model, history = fit(cfg, dataset, chip, device=device, out=out, resume=args.resume, log=log,
+                         cuda_graph=not args.no_cuda_graph,
                          progress=main and not args.no_progress, on_epoch=on_epoch)
     if not main:
         return 0

@@ -59,60 +59,100 @@ def batch_order(n, seed, epoch):
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True):
-    """One training epoch; returns (mean loss, train accuracy, hidden spikes per neuron and sample)."""
+def train_step(cfg, model, optimiser, totals):
+    """One batch's forward, loss, backward, optimiser step and weight clamp, with its metrics
+    added to `totals` (float64 [4] on the device: loss x n, correct, hidden spikes, n): tensor
+    work only, no host synchronisation, so it can be captured as a CUDA graph. Returns the loss."""
+    plain = _plain(model)
+
+    def step(xb, yb):
+        hidden, readout = model(encode(cfg, xb))
+        loss, pred = loss_and_prediction(cfg, readout, yb)
+        total = loss + spike_regulariser(hidden, cfg.reg)
+        total.backward()
+        optimiser.step()
+        plain.clamp_to_chip_()
+        n = yb.shape[0]
+        loss = loss.detach()
+        totals[0].add_(loss.double() * n)
+        totals[1].add_((pred == yb).sum())
+        totals[2].add_(hidden.detach().sum().double())
+        totals[3].add_(n)
+        return loss
+    return step
+
+
+def eval_step(cfg, model, totals):
+    """One evaluation batch's correct predictions and hidden spikes added to `totals` (float64
+    [2] on the device); capturable like train_step."""
+    def step(xb, yb):
+        hidden, readout = model(encode(cfg, xb))
+        _, pred = loss_and_prediction(cfg, readout, yb)
+        totals[0].add_((pred == yb).sum())
+        totals[1].add_(hidden.sum().double())
+    return step
+
+
+def _graphed(fn, device, cuda_graph):
+    from ..graphs import GraphedStep
+    return GraphedStep(fn, device=device, enabled=cuda_graph)
+
+
+def _n_hidden(model):
+    return _plain(model).hidden[0].out_features
+
+
+def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True, step=None):
+    """One training epoch; returns (mean loss, train accuracy, hidden spikes per neuron and sample).
+    step: a (graphed) train_step over a `totals` tensor, as fit() builds it; None builds an eager
+    one."""
     model.train()
+    totals = step.totals if step is not None else torch.zeros(4, dtype=torch.float64,
+                                                               device=device)
+    if step is None:
+        step = train_step(cfg, model, optimiser, totals)
+    totals.zero_()
     order = batch_order(len(y), cfg.seed, epoch)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     batches = [b for b in batches if len(b) >= ranks.world]
     bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress and ranks.main)
-    totals = [0.0, 0.0, 0.0, 0.0]                 # loss * n, correct, hidden spikes, n
+    shown = 0.0
     try:
         for idx in batches:
             idx = idx[ranks.rank::ranks.world]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            hidden, readout = model(encode(cfg, xb))
-            loss, pred = loss_and_prediction(cfg, readout, yb)
-            total = loss + spike_regulariser(hidden, cfg.reg)
             optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            optimiser.step()
-            _plain(model).clamp_to_chip_()
-            n = len(yb)
-            totals[0] += loss.item() * n
-            totals[1] += float((pred == yb).sum())
-            totals[2] += float(hidden.detach().sum())
-            totals[3] += n
+            loss = step(xb, yb)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if time.monotonic() - shown > 0.5:       # reading the loss waits for the device
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    shown = time.monotonic()
     finally:
         # also on Ctrl-C: the bar's line is cleared before anything else is said
         if bar is not None:
             bar.close()
-    loss_sum, correct, spikes, n = ranks.sum(totals, device)
-    n_hidden = hidden.shape[-1]
-    return loss_sum / n, correct / n, spikes / (n * n_hidden)
+    loss_sum, correct, spikes, n = ranks.sum(totals.tolist(), device)
+    return loss_sum / n, correct / n, spikes / (n * _n_hidden(model))
 
 
 @torch.no_grad()
-def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256):
-    """Test accuracy (and hidden spikes per neuron and sample) of `model` on x, y."""
+def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None):
+    """Test accuracy (and hidden spikes per neuron and sample) of `model` on x, y. step: a
+    (graphed) eval_step over a `totals` tensor, as fit() builds it; None builds an eager one."""
     ranks = ranks or Ranks()
     model.eval()
+    totals = step.totals if step is not None else torch.zeros(2, dtype=torch.float64,
+                                                               device=device)
+    if step is None:
+        step = eval_step(cfg, model, totals)
+    totals.zero_()
     mine = torch.arange(len(y))[ranks.rank::ranks.world]
-    correct = spikes = 0.0
-    n_hidden = 1
     for i in range(0, len(mine), batch_size):
         idx = mine[i:i + batch_size]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        hidden, readout = model(encode(cfg, xb))
-        _, pred = loss_and_prediction(cfg, readout, yb)
-        correct += float((pred == yb).sum())
-        spikes += float(hidden.sum())
-        n_hidden = hidden.shape[-1]
-    correct, spikes = ranks.sum([correct, spikes], device)
-    return correct / len(y), spikes / (len(y) * n_hidden)
+        step(x[idx].to(device), y[idx].to(device))
+    correct, spikes = ranks.sum(totals.tolist(), device)
+    return correct / len(y), spikes / (len(y) * _n_hidden(model))
 
 
 def _progress(total, desc, enabled):
@@ -128,18 +168,23 @@ def _plain(model):
 
 
 def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, progress=True,
-        on_epoch=None):
+        on_epoch=None, cuda_graph=True):
     """Train cfg.task on `dataset` in the loop on `chip`. Returns (model, history).
 
     With `out`, a checkpoint (model, optimiser, chip, epoch, history, RNG) is written after every
     epoch to out/checkpoint.pt (atomically); resume=True continues from it exactly.
+    cuda_graph: on a CUDA device each training and evaluation batch is one replayed CUDA graph
+    (bss2_backend.graphs; the same results as without); False runs them eagerly.
     """
     device = torch.device(device)
     ranks = Ranks()
     n_in = dataset.x_train[0].numel() if cfg.task != "shd" else dataset.x_train.shape[-1]
     signature = cfg.network_signature(n_in, dataset.classes)
     model = build_network(cfg, chip, n_in, dataset.classes).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # capturable: the step count lives on the device, so a captured step advances it (the same
+    # arithmetic with and without graphs; the CPU keeps torch's default)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr,
+                                 capturable=device.type == "cuda")
     start, history = 0, []
     path = None if out is None else out / "checkpoint.pt"
     if resume and path is not None and path.exists():
@@ -155,14 +200,24 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
     if ranks.on:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, broadcast_buffers=False)
+    train_totals = torch.zeros(4, dtype=torch.float64, device=device)
+    train = _graphed(train_step(cfg, model, optimiser, train_totals), device, cuda_graph)
+    train.totals = train_totals
+    eval_totals = torch.zeros(2, dtype=torch.float64, device=device)
+    test = _graphed(eval_step(cfg, model, eval_totals), device, cuda_graph)
+    test.totals = eval_totals
+    if device.type == "cuda":
+        log(f"CUDA graphs: {'on' if train.reason is None else 'off (' + train.reason + ')'}")
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         loss, train_acc, spikes = run_epoch(cfg, model, optimiser, dataset.x_train, dataset.y_train,
-                                            epoch, device, ranks, progress)
-        test_acc, test_spikes = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, ranks)
+                                            epoch, device, ranks, progress, step=train)
+        test_acc, test_spikes = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, ranks,
+                                         step=test)
         row = {"epoch": epoch + 1, "loss": loss, "train_accuracy": train_acc,
                "test_accuracy": test_acc, "spikes_per_hidden_neuron": spikes,
-               "test_spikes_per_hidden_neuron": test_spikes, "seconds": time.time() - t0}
+               "test_spikes_per_hidden_neuron": test_spikes, "seconds": time.time() - t0,
+               "cuda_graphs": train.captured}
         history.append(row)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch + 1}; lower --lr")
