@@ -29,6 +29,9 @@ def add_arguments(p):
                    help=f"directory of {results.CSV_NAME} and {results.PLOT_NAME} (default: "
                         f"bench/results in a source checkout, else the current directory)")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the plot")
+    p.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default="highest",
+                   help="torch.set_float32_matmul_precision for the run: highest = strict fp32 "
+                        "(default), high = TF32 tensor cores; recorded in the CSV")
 
 
 def cmd_bench(args):
@@ -43,7 +46,7 @@ def cmd_bench(args):
     options = Options(device=args.device, workloads=args.workloads, impls=args.impls,
                       modes=tuple(args.modes), quick=args.quick, tiny=args.tiny,
                       run_all=args.run_all, out_dir=None if args.out is None else Path(args.out),
-                      plot=args.plot)
+                      plot=args.plot, matmul_precision=args.matmul_precision)
     run(options)
     return 0
 

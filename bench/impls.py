@@ -24,7 +24,7 @@ Triton is optional: without it (or a GPU / the interpreter) the Triton implement
 recorded as not available, never faked.
 """
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -248,6 +248,7 @@ class Impl:
     baseline: bool = False
     timed: bool = True
     applies: Callable = field(default=lambda workload: True)
+    graph: bool = False          # timed as one replayed CUDA graph per call (bss2_backend.graphs)
 
 
 def _chip_impl(label, ideal, backend, timed=True):
@@ -353,4 +354,10 @@ def default_impls(device):
                  _stock_forward_pass_build, _forward_pass_build, w, device),
              backend=auto),
     ]
-    return impls + _loop_impls(auto)
+    impls += _loop_impls(auto)
+    if torch.device(device).type == "cuda":
+        # each of ours also as one captured CUDA graph per call: what the host costs is the
+        # difference (same check as the eager form)
+        impls += [replace(i, name=f"{i.name}+graph", graph=True) for i in impls
+                  if i.name.startswith("bss2.") and i.timed and i.name != "bss2.steps[chip]"]
+    return impls

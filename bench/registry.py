@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from bss2_backend.weights import mark_spikes
+
 CODINGS = ("latency", "poisson")
 WORKLOAD_KINDS = ("chip", "forward_pass", "loop")
 
@@ -105,4 +107,5 @@ def make_inputs(workload, device, dtype=torch.float32, seed=0):
     else:
         spikes = (torch.rand(T, B, n, generator=g) < workload.rate).float()
     labels = torch.randint(0, max(workload.n_out, 1), (B,), generator=g)
-    return spikes.to(device=device, dtype=dtype), labels.to(device)
+    # marked as 0/1: the chip's exact products may run as int8 GEMMs (weights.code_product)
+    return mark_spikes(spikes.to(device=device, dtype=dtype)), labels.to(device)

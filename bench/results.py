@@ -30,6 +30,8 @@ def prepare(out_dir=None):
                 header = tuple(next(csv.reader(f), ()))
             with csv_path.open("a"):
                 pass
+            if header == PREVIOUS_COLUMNS:
+                header = COLUMNS           # gains the precision column when appended to
         except OSError as e:
             raise OutputError(f"--out {out_dir}: {csv_path} cannot be appended to "
                               f"({e.strerror or e})") from None
@@ -40,7 +42,7 @@ def prepare(out_dir=None):
 
 COLUMNS = (
     "run_id", "date", "git_commit", "device", "torch", "triton", "snntorch", "bss2_backend",
-    "workload", "shape", "size", "impl", "backend", "mode", "T", "B",
+    "workload", "shape", "size", "impl", "backend", "precision", "mode", "T", "B",
     "median_ms", "q20_ms", "q80_ms", "samples", "samples_per_s",
     "gbytes", "gb_per_s", "floor_gb_per_s", "floor_fraction", "floor_source",
     "gflop", "gflop_per_s", "speedup_vs_snntorch",
@@ -48,13 +50,34 @@ COLUMNS = (
 )
 
 
+# the columns before "precision" was recorded: such a CSV gains the column (empty for its rows)
+PREVIOUS_COLUMNS = tuple(c for c in COLUMNS if c != "precision")
+
+
+def _upgrade(path):
+    """Rewrite a CSV with PREVIOUS_COLUMNS to COLUMNS (returns the header it has now)."""
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = tuple(next(reader, ()))
+        if header != PREVIOUS_COLUMNS:
+            return header
+        rows = [dict(zip(header, r)) for r in reader]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    tmp.replace(path)
+    return COLUMNS
+
+
 def append(path, rows):
     """Append rows (dicts keyed by COLUMNS) to the CSV at `path`, writing the header if new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.stat().st_size:
-        with path.open(newline="") as f:
-            header = tuple(next(csv.reader(f), ()))
+        header = _upgrade(path)
         if header != COLUMNS:
             raise ValueError(f"{path} has columns {list(header)}, expected {list(COLUMNS)}; "
                              f"move it aside or pass another --out directory")

@@ -28,6 +28,9 @@ MODES = ("fwd", "fwd+bwd")
 CPU_GFLOP_LIMIT = 30.0
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
 @dataclass
 class Options:
     """workloads / impls: names to run (None: all); quick: shorter timing loops; tiny: every
@@ -41,6 +44,8 @@ class Options:
     run_all: bool = False
     out_dir: Optional[Path] = None      # None: results.default_out_dir()
     plot: bool = True
+    # torch.set_float32_matmul_precision for the run: "highest" (strict fp32), "high" (TF32)
+    matmul_precision: str = "highest"
 
 
 def environment():
@@ -85,20 +90,26 @@ def _skip_reason(w, device, run_all):
     return None
 
 
-def _callable(net, x, labels, mode):
+def _callable(net, x, labels, mode, graph=False, device=None):
     if mode == "fwd":
         def fn():
             with torch.no_grad():
                 net(x)
-        return fn
-    params = [p for p in net.parameters() if p.requires_grad]
+    else:
+        params = [p for p in net.parameters() if p.requires_grad]
 
-    def fn():
-        for p in params:
-            p.grad = None
-        z, out = net(x)
-        loss_of(z, out, labels).backward()
-    return fn
+        def fn():
+            for p in params:
+                p.grad = None
+            z, out = net(x)
+            loss_of(z, out, labels).backward()
+    if not graph:
+        return fn
+    from bss2_backend.graphs import GraphedStep
+    step = GraphedStep(fn, device=device)
+    if step.reason is not None:
+        raise RuntimeError(f"CUDA graph: {step.reason}")
+    return step
 
 
 def _budget(options, device):
@@ -113,7 +124,9 @@ def _budget(options, device):
 
 def _row(env, dev, w, size, impl, mode, **values):
     row = dict(env, device=dev.name, workload=w.name, shape=w.shape, size=size, impl=impl.name,
-               backend=impl.backend, mode=mode, T=w.T, B=w.B, floor_source=dev.floor_source)
+               backend=impl.backend, mode=mode, T=w.T, B=w.B, floor_source=dev.floor_source,
+               precision=f"fp32 matmul {torch.get_float32_matmul_precision()}"
+                         + (", CUDA graph" if impl.graph else ""))
     row.update(values)
     return row
 
@@ -152,7 +165,7 @@ def run_workload(w, impls, device, dev, env, options, say):
             say(f"  {impl.name:22s} {note}")
             rows += [_row(env, dev, wl, size, impl, m, status="error", note=note, **verdict)
                      for m in options.modes]
-    fns = {(impl.name, mode): _callable(net, x, labels, mode)
+    fns = {(impl.name, mode): _callable(net, x, labels, mode, impl.graph, device)
            for impl, _, net in ready for mode in options.modes}
     timings = timing.bench(fns, device, **_budget(options, device))
     load = timing.host_load()
@@ -257,6 +270,9 @@ def run(options=None, impls=None, say=print):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     workloads = registry.get(options.workloads)
+    if options.matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                         f"{options.matmul_precision!r}")
     # an output that cannot be written is refused now, not after the whole benchmark
     out_dir = results.prepare(options.out_dir)
     env = environment()
@@ -264,10 +280,15 @@ def run(options=None, impls=None, say=print):
     for line in header(device, dev, env, options):
         say(line)
     rows = []
-    for w in workloads:
-        wl = w.tiny() if options.tiny else w
-        say(f"[{w.name}] {w.title}: {wl.shape}")
-        rows += run_workload(w, impls, device, dev, env, options, say)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(options.matmul_precision)
+    try:
+        for w in workloads:
+            wl = w.tiny() if options.tiny else w
+            say(f"[{w.name}] {w.title}: {wl.shape}")
+            rows += run_workload(w, impls, device, dev, env, options, say)
+    finally:
+        torch.set_float32_matmul_precision(previous)
     csv_path = out_dir / results.CSV_NAME
     results.append(csv_path, rows)
     png = results.plot_latest(csv_path, out_dir / results.PLOT_NAME) \

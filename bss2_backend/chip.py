@@ -14,7 +14,7 @@ from .placement import MAX_VIRTUAL_CIRCUITS, Allocator, Placement, PlacementErro
 from .readout import ReadoutParams
 from .surrogates import Surrogate, as_surrogate
 from .validation import check_choice, check_number
-from .weights import Saturation, input_currents, weight_path
+from .weights import are_spikes, mark_spikes, Saturation, input_currents, weight_path
 
 STATE_VERSION = 1
 STATE_KEYS = ("version", "config", "runs", "placements", "neurons", "synapse_rows")
@@ -270,17 +270,38 @@ class Chip:
             self._cache[key] = bool((lp.gain_exc == 1).all() and (lp.gain_inh == 1).all())
         return self._cache[key]
 
-    def input_currents(self, placement, spikes, weight, columns, decays=None):
+    def neuron_gains(self, placement, device, dtype):
+        """[n_out] when every synapse of each neuron of a placed layer has one gain (exc and inh
+        rows alike: no row-gain spread), else None: then the quantised product is exact
+        (weights.code_product). Decided once per layer on the host copy."""
+        key = (placement.name, "neuron_gains")
+        if key not in self._cache:
+            lp = self.layer_params(placement, "cpu", torch.float64)
+            g = lp.gain_exc
+            uniform = bool(torch.equal(g, lp.gain_inh) and (g == g[:, :1]).all())
+            self._cache[key] = g[:, 0].clone() if uniform else None
+        gains = self._cache[key]
+        if gains is None:
+            return None
+        key = (placement.name, "neuron_gains", str(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = gains.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def input_currents(self, placement, spikes, weight, columns, decays=None, binary=None):
         """(x_exc, x_inh) of a placed layer for presynaptic spikes [T, B, n] through the synapse
         columns `columns` of its placement, with float weights [n_out, n] (model units): the
         chip's 6-bit weight path, fixed-pattern gains and saturation (weights.input_currents).
-        decays: (alike, nominal_alike), default this chip's for the layer."""
+        decays: (alike, nominal_alike), default this chip's for the layer. binary: the spikes
+        hold only 0/1 (default: whether they are marked so, weights.mark_spikes)."""
         lp = self.layer_params(placement, weight.device, weight.dtype)
         return input_currents(spikes, weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
                               scale=self.weight_scale, quantise=self.quantise,
                               saturation=self.saturation,
                               decays=self.synapse_decays(placement) if decays is None else decays,
-                              unit_gains=self.unit_gains(placement))
+                              unit_gains=self.unit_gains(placement),
+                              neuron_gain=self.neuron_gains(placement, weight.device, spikes.dtype),
+                              binary=are_spikes(spikes) if binary is None else binary)
 
     def recurrence(self, placement, weight, columns):
         """Recurrence of a placed layer's recurrent synapses (columns of its placement) for the
@@ -301,7 +322,7 @@ class Chip:
             else continuing
         z, u, state = dynamics.execute(x_exc, x_inh, packed, cfg, run.seed, recurrence, backend,
                                        run.state, run.step)
-        return z, u, Run(run.seed, run.step + x_exc.shape[0], state)
+        return mark_spikes(z), u, Run(run.seed, run.step + x_exc.shape[0], state)
 
     def _layer_params(self, p):
         circ = p.circuit_matrix()                       # [n_out, k]

@@ -75,11 +75,54 @@ def _saturate(x, x_sat):
     return x_sat * torch.tanh(x / x_sat)
 
 
+# --- exact products of spikes and weight codes -----------------------------------------------------
+# Spikes are 0/1 and weight codes integers in [-63, 63]: their products summed over a fan-in below
+# 2^24 / 63 are integers a float32 holds exactly, so s @ codes^T is exact in fp32, in TF32 or bf16
+# on tensor cores with fp32 accumulation, and in int8 with int32 accumulation; only the per-neuron
+# factor (synapse gain / scale) applied after the product rounds. Where every synapse of a neuron
+# has the same gain (no row-gain spread) the chip's forward product takes that form.
+_SPIKES = "_bss2_spikes"
+INT8_PRODUCTS = {"cuda"}      # devices whose exact products run as int8 GEMMs (torch._int_mm)
+
+
+def mark_spikes(t):
+    """Mark tensor t as holding only 0/1 (the chip's spikes, latency codes): its products with
+    weight codes may then run as int8 GEMMs. A mark is a Python attribute of this tensor object."""
+    setattr(t, _SPIKES, True)
+    return t
+
+
+def are_spikes(t):
+    return getattr(t, _SPIKES, False)
+
+
+def code_product(flat, codes, binary):
+    """flat [M, K] @ codes [N, K]^T for integer-valued codes, exact (module comment above): an
+    int8 GEMM with int32 accumulation where flat is marked 0/1 and the device's int8 GEMM takes the
+    shape (M > 16, K a multiple of 8; N is padded to one), else in flat's dtype."""
+    M, K = flat.shape
+    if binary and flat.device.type in INT8_PRODUCTS and M > 16 and K % 8 == 0 \
+            and K * C.WEIGHT_MAX < 2**24 and flat.dtype == torch.float32:
+        n = codes.shape[0]
+        c8 = codes.to(torch.int8)
+        if n % 8:
+            c8 = torch.cat([c8, c8.new_zeros(8 - n % 8, K)])
+        return torch._int_mm(flat.to(torch.int8), c8.t())[:, :n].to(flat.dtype)
+    return flat @ codes.t().to(flat.dtype)
+
+
 class _Synapses(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spikes, weight, exc, inh, saturation, mirrored):
+    def forward(ctx, spikes, weight, exc, inh, saturation, mirrored, factor=None, binary=False):
         flat = spikes.reshape(-1, spikes.shape[-1])
         shape = (*spikes.shape[:-1], -1)
+        if factor is not None:
+            # exc holds integer weight codes: the exact product, then each neuron's factor
+            x = (code_product(flat, exc, binary) * factor).reshape(shape)
+            ctx.save_for_backward(spikes, weight)
+            ctx.signed, ctx.mirrored = True, mirrored
+            ctx.set_materialize_grads(False)
+            return x, None
         x_exc = (flat @ exc.t()).reshape(shape)
         x_inh = (flat @ inh.t()).reshape(shape) if inh is not None else None
         if saturation is not None:
@@ -103,7 +146,7 @@ class _Synapses(torch.autograd.Function):
                 g_spikes = (ge @ weight).reshape(spikes.shape)
             if ctx.needs_input_grad[1] and ge is not None:
                 g_weight = ge.t() @ s
-            return g_spikes, g_weight, None, None, None, None
+            return g_spikes, g_weight, None, None, None, None, None, None
         # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
         pos = weight >= 0
         if ge is not None and gi is not None and (ctx.mirrored or torch.equal(gi, -ge)):
@@ -111,7 +154,7 @@ class _Synapses(torch.autograd.Function):
             # signed formulas hold and one GEMM per gradient suffices
             g_spikes = (ge @ weight).reshape(spikes.shape) if ctx.needs_input_grad[0] else None
             g_weight = ge.t() @ s if ctx.needs_input_grad[1] else None
-            return g_spikes, g_weight, None, None, None, None
+            return g_spikes, g_weight, None, None, None, None, None, None
         if ctx.needs_input_grad[0]:
             g = torch.zeros_like(s)
             if ge is not None:
@@ -125,7 +168,7 @@ class _Synapses(torch.autograd.Function):
                 g_weight = g_weight + torch.where(pos, ge.t() @ s, 0)
             if gi is not None:
                 g_weight = g_weight - torch.where(pos, 0, gi.t() @ s)
-        return g_spikes, g_weight, None, None, None, None
+        return g_spikes, g_weight, None, None, None, None, None, None
 
 
 def synapses(spikes, weight, exc, inh=None, saturation=None, mirrored=False):
@@ -142,7 +185,8 @@ def synapses(spikes, weight, exc, inh=None, saturation=None, mirrored=False):
     if inh is None and saturation is not None:
         raise ValueError("saturation needs separate exc and inh weights (inh=None was given)")
     inh = inh.to(spikes.dtype) if inh is not None else None
-    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh, saturation, mirrored)
+    return _Synapses.apply(spikes, weight, exc.to(spikes.dtype), inh, saturation, mirrored, None,
+                           False)
 
 
 def chip_weights(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
@@ -170,14 +214,28 @@ def signed_weight_path(weight, gain_exc, gain_inh, scale=C.DEFAULT_WEIGHT_SCALE,
             signed_chip_weight(weight, gain_exc, gain_inh, scale, quantise))
 
 
+def weight_codes(weight, scale=C.DEFAULT_WEIGHT_SCALE):
+    """The chip's signed 6-bit codes of float weights (integer-valued, in weight's dtype); no grad."""
+    with torch.no_grad():
+        return _hw(weight, scale)
+
+
 def input_currents(spikes, weight, gain_exc, gain_inh, *, scale, quantise, saturation, decays,
-                   unit_gains=False):
+                   unit_gains=False, neuron_gain=None, binary=False):
     """(x_exc, x_inh) [T, B, N_out]: the currents a placed layer's synapse array delivers for
     presynaptic spikes [T, B, N_in] and float weights [N_out, N_in] (model units). decays:
     (alike, nominal_alike) of the layer (Chip.synapse_decays). Where the excitatory and
     inhibitory synapses decay alike only exc - inh matters: one signed current (x_inh None), one
-    GEMM and the fewest device ops."""
+    GEMM and the fewest device ops. neuron_gain [N_out]: every synapse of neuron o has gain
+    neuron_gain[o] (decided once by the caller, Chip.neuron_gains): then the quantised product
+    is the exact product of spikes and codes times gain / scale (code_product; binary: spikes
+    marked 0/1, for int8 GEMMs)."""
     alike, nominal_alike = decays
+    if alike and saturation is None and quantise and neuron_gain is not None:
+        factor = (neuron_gain / scale).to(spikes.dtype)
+        return _Synapses.apply(spikes, nominal_weight(weight, scale, quantise),
+                               weight_codes(weight, scale).to(spikes.dtype), None, None,
+                               nominal_alike, factor, binary)
     if alike and saturation is None:
         w, signed = signed_weight_path(weight, gain_exc, gain_inh, scale, quantise, unit_gains)
         return synapses(spikes, w, signed)

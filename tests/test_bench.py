@@ -135,3 +135,18 @@ def test_csv_refuses_foreign_columns(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="columns"):
         results.append(path, [{}])
+
+
+def test_a_csv_from_before_the_precision_column_is_upgraded_when_appended_to(tmp_path):
+    path = tmp_path / results.CSV_NAME
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=results.PREVIOUS_COLUMNS)
+        writer.writeheader()
+        writer.writerow({k: "old" for k in results.PREVIOUS_COLUMNS})
+    results.prepare(tmp_path)
+    results.append(path, [{"impl": "new", "precision": "fp32 matmul highest"}])
+    header, written = _rows(path)
+    assert header == results.COLUMNS
+    assert [r["impl"] for r in written] == ["old", "new"]
+    assert written[0]["precision"] == "" and written[0]["median_ms"] == "old"
+    assert written[1]["precision"] == "fp32 matmul highest"

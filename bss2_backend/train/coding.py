@@ -7,6 +7,7 @@ silent. Spikes are time-major [T, B, pixels].
 import torch
 import torch.nn.functional as F
 
+from ..weights import mark_spikes
 from ..validation import check_allocation, check_finite, check_number, check_tensor, nbytes
 
 
@@ -28,7 +29,7 @@ def latency_code(images, steps, *, t_first=0, t_last=None, cutoff=0.1):
     t = torch.where(x > cutoff, t, torch.full_like(t, steps))      # silent: index past the end
     spikes = torch.zeros(steps + 1, *x.shape, dtype=torch.float32, device=images.device)
     spikes.scatter_(0, t.unsqueeze(0), 1.0)
-    return spikes[:steps]
+    return mark_spikes(spikes[:steps])
 
 
 def max_over_time_loss(readout, labels, *, scale=1.0):

@@ -24,6 +24,7 @@ import torch
 
 from bss2_backend.chip import Chip, synapse_decays
 from bss2_backend.dynamics import compute_dtype, pack
+from bss2_backend.weights import are_spikes, mark_spikes
 from torch import nn
 
 from .neurons import supported_kind
@@ -211,7 +212,8 @@ def layer_currents(binding, linear, spikes):
     dtype = compute_dtype(spikes.dtype)
     return binding.chip.input_currents(binding.placement, spikes.to(dtype),
                                        linear.weight.to(dtype) * binding.mapping.weight_gain,
-                                       slice(0, n_in), binding.synapse_decays())
+                                       slice(0, n_in), binding.synapse_decays(),
+                                       binary=are_spikes(spikes))
 
 
 def run_neurons(binding, linear, module, x_exc, x_inh, continuing=None):
@@ -335,7 +337,10 @@ def batched_synapses(linear, xs):
     same = not isinstance(xs, torch.Tensor) and all(x is xs[0] for x in xs)
     x = xs if isinstance(xs, torch.Tensor) else xs[0].unsqueeze(0) if same else torch.stack(xs)
     lead = x.shape[1:-1]
-    x_exc, x_inh = layer_currents(binding, linear, x.reshape(x.shape[0], -1, x.shape[-1]))
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    if are_spikes(x):
+        mark_spikes(flat)
+    x_exc, x_inh = layer_currents(binding, linear, flat)
     if same:        # the same input every step (a static image): its currents once
         T = len(xs)
         x_exc = x_exc.expand(T, *x_exc.shape[1:])
@@ -399,6 +404,8 @@ def _currents(binding, linear, x):
     and the output shape [..., n_out]."""
     lead = x.shape[:-1]
     spikes = x.reshape(1, -1, x.shape[-1])
+    if are_spikes(x):
+        mark_spikes(spikes)
     x_exc, x_inh = layer_currents(binding, linear, spikes)
     return x_exc, x_inh, (*lead, x_exc.shape[-1])
 

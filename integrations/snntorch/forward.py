@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from bss2_backend.validation import check_allocation, check_finite, check_tensor
+from bss2_backend.weights import are_spikes, mark_spikes
 
 from . import chip_mode, fused
 from .convert import CHIP_PASSTHROUGH, convert, is_chip_bound, pending_chip, sequence_of
@@ -262,7 +263,8 @@ def _chip_pass(net, num_steps, data):
     x, static = split_time(seq, data, num_steps)
     _check_features_and_size(seq, x, static, num_steps)
     if static:
-        x = x.expand(num_steps, *x.shape)
+        x = x.expand(num_steps, *x.shape) if not are_spikes(x) else \
+            mark_spikes(x.expand(num_steps, *x.shape))
     reset_net(net)
     out, linear = None, None
     for name, m in seq:
@@ -271,11 +273,16 @@ def _chip_pass(net, num_steps, data):
         elif supported_kind(m) is not None:
             if m._bss2_binding is None:
                 raise ValueError(f"{name} is not placed on the chip; convert(net, chip) the whole net")
-            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m,
-                                           x.reshape(num_steps, x.shape[1], -1))
+            flat = x.reshape(num_steps, x.shape[1], -1)
+            if are_spikes(x):
+                mark_spikes(flat)
+            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m, flat)
             out, x = (spk, mem), spk
         elif isinstance(m, CHIP_PASSTHROUGH):
+            spikes = are_spikes(x) and isinstance(m, (nn.Flatten, nn.Identity))
             x = _merge(m, x)
+            if spikes:                  # reshaping keeps 0/1; dropout's scaling does not
+                mark_spikes(x)
     if out is None:
         raise ValueError("the net has no neuron placed on the chip")
     return out
