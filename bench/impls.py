@@ -251,9 +251,26 @@ class Impl:
     graph: bool = False          # timed as one replayed CUDA graph per call (bss2_backend.graphs)
 
 
-def _chip_impl(label, ideal, backend, timed=True):
+class StrategyNet(nn.Module):
+    """A chip net whose recurrent layers run with a given dynamics.recurrent_strategy."""
+
+    def __init__(self, net, strategy):
+        super().__init__()
+        self.net, self.strategy = net, strategy
+
+    def weights(self):
+        return self.net.weights()
+
+    def forward(self, spikes):
+        from bss2_backend.dynamics import recurrent_strategy
+        with recurrent_strategy(self.strategy):
+            return self.net(spikes)
+
+
+def _chip_impl(label, ideal, backend, timed=True, strategy=None):
     def build(w, device, dtype=torch.float32):
-        return build_chip(w, device, dtype, ideal=ideal, backend=backend)
+        net = build_chip(w, device, dtype, ideal=ideal, backend=backend)
+        return net if strategy is None else StrategyNet(net, strategy)
 
     def check(w, device):
         if ideal:
@@ -267,8 +284,9 @@ def _chip_impl(label, ideal, backend, timed=True):
         return result
 
     unavailable = triton_unavailable if backend == "triton" else (lambda device: None)
-    return Impl(f"bss2.{label}[{backend}]", "chip", build, check, unavailable, backend,
-                timed=timed)
+    name = f"bss2.{label}[{backend}]" if strategy is None else f"bss2.{label}[{backend},{strategy}]"
+    return Impl(name, "chip", build, check, unavailable, backend, timed=timed,
+                applies=(lambda w: True) if strategy is None else (lambda w: w.recurrent))
 
 
 def _forward_pass_build(w, device, dtype=torch.float32):
@@ -336,6 +354,8 @@ def default_impls(device):
     impls = [_chip_impl("ideal", True, auto), _chip_impl("chip", False, auto)]
     if auto != "torch":
         impls.append(_chip_impl("ideal", True, "torch"))
+        # recurrent layers both ways on the kernels: one launch, and per step (auto picks by N)
+        impls += [_chip_impl("ideal", True, auto, strategy=s) for s in ("fused", "per_step")]
     else:
         # on CPU the kernels run only in the interpreter: checked against the twin, not timed
         impls.append(_chip_impl("chip", False, "triton", timed=False))

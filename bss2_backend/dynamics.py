@@ -29,6 +29,15 @@ from .validation import check_allocation, check_choice, check_finite, check_numb
 
 BACKENDS = ("auto", "torch", "triton")
 MAX_SEED = 2**63 - 1
+# How a recurrent layer runs on the fused kernels: "fused" (one launch: a program owns a batch
+# tile and all N neurons, the recurrent product inside the kernel), "per_step" (per step a
+# recurrent GEMM of the last spikes, then the fused neuron update of that step: what scales to
+# wide layers, and cheap to launch under a CUDA graph), "auto" (fused up to RECURRENT_FUSED_MAX
+# neurons: beyond, one program's N-wide tile spills registers). The torch twin runs every
+# width in one call.
+RECURRENT_STRATEGIES = ("auto", "fused", "per_step")
+RECURRENT_FUSED_MAX = 512
+_recurrent_strategy = ["auto"]
 
 
 class Recurrence(NamedTuple):
@@ -138,15 +147,68 @@ def run(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto"):
     return execute(x_exc, x_inh, packed, config, seed, recurrence, backend)[:2]
 
 
+class recurrent_strategy:
+    """Context manager (and setter) of how recurrent layers run: `with recurrent_strategy(
+    "per_step"): ...` (RECURRENT_STRATEGIES; see the comment there)."""
+
+    def __init__(self, strategy):
+        check_choice("strategy", strategy, RECURRENT_STRATEGIES)
+        self.previous = _recurrent_strategy[0]
+        _recurrent_strategy[0] = strategy
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _recurrent_strategy[0] = self.previous
+        return False
+
+
+def _by_steps(impl, n):
+    strategy = _recurrent_strategy[0]
+    if impl != "triton" or strategy == "fused":
+        return False
+    return strategy == "per_step" or n > RECURRENT_FUSED_MAX
+
+
 def execute(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto", state=None,
             step=0):
     """run() for callers that validated the inputs themselves (the chip layers: their spikes and
     weights); the membrane is still checked. Returns (z, u, state after the last step): a run
     continues from `state` at step `step` of the run (kernels.chip_lif.chip_lif)."""
     impl = resolve_backend(backend, x_exc.device)
-    z, u, state = chip_lif(x_exc, x_inh, *packed, config, seed, recurrence=recurrence, impl=impl,
-                           state=state, step=step)
+    if recurrence is not None and _by_steps(impl, x_exc.shape[-1]):
+        z, u, state = _recurrent_by_steps(x_exc, x_inh, packed, config, seed, recurrence, impl,
+                                          state, step)
+    else:
+        z, u, state = chip_lif(x_exc, x_inh, *packed, config, seed, recurrence=recurrence,
+                               impl=impl, state=state, step=step)
     return z, check_output("cuba_lif" if config.spiking else "li", u, x_exc.dtype), state
+
+
+def _recurrent_by_steps(x_exc, x_inh, packed, config, seed, recurrence, impl, state, step):
+    """A recurrent run as T steps: the recurrent input of step t is z[t-1] through the synapse
+    array (the in-the-loop rule: effective weights forward, the float weight's gradient), then
+    the neuron op runs that one step from the state the last one left. Same dynamics and noise
+    (keyed by step) as the one-launch kernel; the recurrent weight's gradient accumulates over
+    the steps' GEMMs."""
+    from .weights import synapses
+    w, w_exc, w_inh = recurrence
+    T = x_exc.shape[0]
+    z_prev = state.z if state is not None else None
+    zs, us = [], []
+    for t in range(T):
+        x_e = x_exc[t:t + 1]
+        x_i = x_inh[t:t + 1] if x_inh is not None else torch.zeros_like(x_e)
+        if z_prev is not None:
+            r_e, r_i = synapses(z_prev.unsqueeze(0), w, w_exc, w_inh, None, config.mirrored)
+            x_e, x_i = x_e + r_e, x_i + r_i
+        z, u, state = chip_lif(x_e, x_i, *packed, config, seed, impl=impl, state=state,
+                               step=step + t)
+        zs.append(z)
+        us.append(u)
+        z_prev = z[0]
+    return torch.cat(zs), torch.cat(us), state
 
 
 def cuba_lif(x_exc, x_inh=None, *, params, nominal=None, readout=None, recurrence=None,
