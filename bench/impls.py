@@ -375,6 +375,8 @@ def default_impls(device):
              backend=auto),
     ]
     impls += _loop_impls(auto)
+    from .peers import peer_impls
+    impls += peer_impls(Impl, lambda w, d, dt=torch.float32: SnnTorchNet(w).to(d, dt))
     if torch.device(device).type == "cuda":
         # each of ours also as one captured CUDA graph per call: what the host costs is the
         # difference (same check as the eager form)
