@@ -136,8 +136,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_gloo_ranks_match_one_process(tmp_path):
-    common = ["train", *TINY, "--epochs", "1", "--no-noise", "--json"]
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device: two gloo ranks on one GPU"))])
+def test_ddp_two_gloo_ranks_match_one_process(tmp_path, device):
+    tiny = [a if a != "cpu" else device for a in TINY]
+    common = ["train", *tiny, "--epochs", "1", "--no-noise", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     # a port free now, not a fixed one another process on the CI host may hold
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

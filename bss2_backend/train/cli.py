@@ -171,15 +171,18 @@ def _start_distributed(device):
     if world <= 1:
         return device
     import torch.distributed as dist
+    backend = "gloo"
     if device.type == "cuda":
         count = torch.cuda.device_count()
-        if local >= count:
-            raise UserError(f"torchrun started local rank {local} but this machine has {count} CUDA "
-                            f"device(s): use --nproc_per_node <= {count}, or --device cpu (gloo)")
-        device = torch.device("cuda", local)
+        if count == 0:
+            raise UserError("--device cuda under torchrun, but no CUDA device is visible")
+        # one rank per GPU talks NCCL; ranks sharing a GPU (more ranks than GPUs) use gloo on
+        # CUDA tensors, since NCCL refuses two ranks on one device
+        backend = "nccl" if world <= count else "gloo"
+        device = torch.device("cuda", local % count)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return device
 
 
