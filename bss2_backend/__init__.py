@@ -9,11 +9,12 @@ from .noise import Noise
 from .nn import LIFLayer, LILayer
 from .parameters import Calibration, CircuitParams, LIFParams
 from .placement import Placement, PlacementError
+from .population import Chips
 from .readout import ReadoutParams
 from .surrogates import Surrogate
 from .weights import Saturation, quantise, to_hardware
 
-__all__ = ["Chip", "CircuitNeurons", "LayerParams", "Recurrence", "cuba_lif", "li", "Mismatch",
+__all__ = ["Chip", "Chips", "CircuitNeurons", "LayerParams", "Recurrence", "cuba_lif", "li", "Mismatch",
            "Noise", "LIFLayer", "LILayer", "Calibration", "CircuitParams", "LIFParams", "Placement",
            "PlacementError", "ReadoutParams", "Surrogate", "Saturation", "quantise", "to_hardware",
            "constants", "__version__"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .chip import Chip
+from .population import Chips, per_chip_input
 from .dynamics import BACKENDS, compute_dtype
 from .validation import check_allocation, check_choice, check_device, check_finite, check_number, \
     check_tensor
@@ -52,10 +53,32 @@ class _ChipLayer(nn.Module):
     def _chip_inputs(self):
         return self.in_features
 
-    def _check(self, spikes):
+    def _per_chip(self, spikes, per_chip):
+        """Whether spikes hold one input per chip ([C, T, B, n]) of this layer's population: the
+        argument, or by default whether they are a population layer's output."""
+        if per_chip is not None and not isinstance(per_chip, bool):
+            raise TypeError(f"per_chip must be True, False or None, got {per_chip!r}")
+        if not isinstance(self.chip, Chips):
+            if per_chip:
+                raise ValueError(f"per_chip=True needs a population of chips (bss2_backend."
+                                 f"Chips); layer {self.name!r} is on one Chip")
+            return False
+        if per_chip is None:
+            return per_chip_input(spikes) == self.chip.size
+        return per_chip
+
+    def _check(self, spikes, per_chip=False):
         """The inputs and weights, checked once per call (the op trusts them afterwards)."""
-        check_tensor("spikes", spikes, ndim=3, finite=False)
-        T, B, n_in = spikes.shape
+        if per_chip:
+            C = self.chip.size
+            check_tensor("spikes", spikes, ndim=4, finite=False)
+            if spikes.shape[0] != C:
+                raise ValueError(f"spikes: a per-chip input has the population's {C} chips first "
+                                 f"([C={C}, T, B, {self.in_features}]), got shape "
+                                 f"{tuple(spikes.shape)}")
+        else:
+            check_tensor("spikes", spikes, ndim=3, finite=False)
+        T, B, n_in = spikes.shape[-3:]
         if n_in != self.in_features:
             raise ValueError(f"spikes must have {self.in_features} features (last dim), got shape "
                              f"{tuple(spikes.shape)}")
@@ -68,21 +91,28 @@ class _ChipLayer(nn.Module):
                              f"{self.weight.device}; move one of them (layer.to(device))")
         # the input currents and the recorded outputs, before the NaN check reads every element
         item = 8 if spikes.dtype == torch.float64 else 4
-        check_allocation(f"layer {self.name!r} on [T={T}, B={B}]",
-                         T * B * (n_in * item + 2 * self.out_features * (2 * item + 1)),
+        chips = self.chip.size if isinstance(self.chip, Chips) else 1
+        check_allocation(f"layer {self.name!r} on [T={T}, B={B}]" +
+                         (f" x {chips} chips" if chips > 1 else ""),
+                         T * B * chips * (n_in * item + 2 * self.out_features * (2 * item + 1)),
                          spikes.device)
         check_finite("spikes", spikes)
         for name, p in self.named_parameters(recurse=False):
             check_tensor(f"{self.name}.{name}", p, ndim=2)
 
-    def _run(self, spikes, spiking, recurrence=None):
+    def _run(self, spikes, spiking, recurrence=None, per_chip=False):
         chip, placement = self.chip, self.placement
+        population = isinstance(chip, Chips)
+        extra = {"per_chip": per_chip} if population else {}
         x_exc, x_inh = chip.input_currents(placement, spikes, self.weight,
-                                           slice(0, self.in_features))
+                                           slice(0, self.in_features), **extra)
         packed = chip.packed(placement, spikes.device, compute_dtype(x_exc.dtype))
         readout = chip.layer_params(placement, "cpu", torch.float64).readout
-        return chip.run(placement, packed, readout, chip.synapse_decays(placement), x_exc, x_inh,
+        z, u = chip.run(placement, packed, readout, chip.synapse_decays(placement), x_exc, x_inh,
                         spiking=spiking, recurrence=recurrence, backend=self.backend)[:2]
+        if population:          # [T, B, C * N] -> [C, T, B, N]
+            return chip.split(z), chip.split(u)
+        return z, u
 
     def extra_repr(self):
         p = self.placement
@@ -108,21 +138,27 @@ class LIFLayer(_ChipLayer):
     def _chip_inputs(self):
         return self.in_features + (self.out_features if self.recurrent else 0)
 
-    def forward(self, spikes):
-        """spikes [T, B, in_features] -> (spikes, read membrane), each [T, B, out_features]."""
-        self._check(spikes)
+    def forward(self, spikes, per_chip=None):
+        """spikes [T, B, in_features] -> (spikes, read membrane), each [T, B, out_features].
+        On a population of C chips (Chips): outputs [C, T, B, out_features]; the input is shared
+        by all chips, or one per chip [C, T, B, in_features] with per_chip=True (default: when
+        it is a population layer's output)."""
+        per_chip = self._per_chip(spikes, per_chip)
+        self._check(spikes, per_chip)
         recurrence = None
         if self.recurrent:
             cols = slice(self.in_features, self.in_features + self.out_features)
             recurrence = self.chip.recurrence(self.placement, self.weight_rec, cols)
-        return self._run(spikes, True, recurrence)
+        return self._run(spikes, True, recurrence, per_chip)
 
 
 class LILayer(_ChipLayer):
     """Synapses + leaky integrators (no threshold): the readout of the paper's networks."""
     kind = "li"
 
-    def forward(self, spikes):
-        """spikes [T, B, in_features] -> read membrane [T, B, out_features]."""
-        self._check(spikes)
-        return self._run(spikes, False)[1]
+    def forward(self, spikes, per_chip=None):
+        """spikes [T, B, in_features] -> read membrane [T, B, out_features] (on a population:
+        [C, T, B, out_features], inputs as LIFLayer.forward)."""
+        per_chip = self._per_chip(spikes, per_chip)
+        self._check(spikes, per_chip)
+        return self._run(spikes, False, None, per_chip)[1]

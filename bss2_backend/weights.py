@@ -257,3 +257,79 @@ def nominal_weight(weight, scale=C.DEFAULT_WEIGHT_SCALE, quantise=True):
         limit = C.WEIGHT_MAX / scale
         return weight.clamp(-limit, limit)
     return weight
+
+
+# --- a population of chips: one synapse array per chip, the weight shared -------------------------
+class _PerChipSynapses(torch.autograd.Function):
+    """x[c] = s[c] @ w_fwd[c]^T for chips c (w_fwd: each chip's effective weights, or integer
+    codes times a per-neuron factor); the in-the-loop backward of `synapses` with the one shared
+    float weight, its gradient summed over the chips."""
+
+    @staticmethod
+    def forward(ctx, spikes, weight, exc, inh, factor, saturation, mirrored):
+        x_exc = torch.bmm(spikes, exc.transpose(1, 2))
+        if factor is not None:
+            x_exc = x_exc * factor
+        x_inh = torch.bmm(spikes, inh.transpose(1, 2)) if inh is not None else None
+        if saturation is not None:
+            x_exc, x_inh = _saturate(x_exc, saturation.exc), _saturate(x_inh, saturation.inh)
+        ctx.save_for_backward(spikes, weight)
+        ctx.signed, ctx.mirrored = inh is None, mirrored
+        ctx.set_materialize_grads(False)
+        return x_exc, x_inh
+
+    @staticmethod
+    def backward(ctx, g_exc, g_inh):
+        spikes, weight = ctx.saved_tensors
+        need_s, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        summed = lambda g: torch.einsum("cmn,cmk->nk", g, spikes)
+        g_s = g_w = None
+        if ctx.signed or (g_exc is not None and g_inh is not None and
+                          (ctx.mirrored or torch.equal(g_inh, -g_exc))):
+            if g_exc is not None:
+                g_s = g_exc @ weight if need_s else None
+                g_w = summed(g_exc) if need_w else None
+            return g_s, g_w, None, None, None, None, None
+        # exc and inh rows apart: each current's gradient reaches the weights of its sign
+        pos = weight >= 0
+        parts = [(g, torch.where(pos, weight, 0), 1.0) for g in (g_exc,) if g is not None] + \
+                [(g, torch.where(pos, 0, -weight), -1.0) for g in (g_inh,) if g is not None]
+        if need_s and parts:
+            g_s = sum(g @ w for g, w, _ in parts)
+        if need_w and parts:
+            g_w = sum(sign * torch.where(pos if sign > 0 else ~pos, summed(g), 0)
+                      for g, _, sign in parts)
+        return g_s, g_w, None, None, None, None, None
+
+
+def per_chip_currents(spikes, weight, gain_exc, gain_inh, chips, *, scale, quantise, saturation,
+                      decays, neuron_gain=None, binary=False):
+    """input_currents for a population: spikes [C, T, B, n] (one input per chip), weight [N, n]
+    shared, gains [C * N, n] (the chips' stacked). Returns (x_exc, x_inh) [T, B, C * N], the
+    kernels' chip-major neuron axis. binary is accepted for symmetry: the per-chip products are
+    batched fp32 GEMMs, exact on codes anyway."""
+    C, N, n = chips, weight.shape[0], weight.shape[1]
+    T, B = spikes.shape[1], spikes.shape[2]
+    s = spikes.reshape(C, T * B, n)
+    ge, gi = gain_exc.reshape(C, N, n).to(s.dtype), gain_inh.reshape(C, N, n).to(s.dtype)
+    alike, nominal_alike = decays
+    w_nom = nominal_weight(weight, scale, quantise)
+    if alike and saturation is None:
+        if quantise and neuron_gain is not None:
+            codes = weight_codes(weight, scale).to(s.dtype).expand(C, N, n)
+            factor = (neuron_gain / scale).to(s.dtype).reshape(C, 1, N)
+            x, _ = _PerChipSynapses.apply(s, w_nom, codes, None, factor, None, nominal_alike)
+        else:
+            signed = signed_chip_weight(weight, ge, gi, scale, quantise).to(s.dtype)
+            x, _ = _PerChipSynapses.apply(s, w_nom, signed, None, None, None, nominal_alike)
+        return _chip_major(x, T, B), None
+    exc, inh = chip_weights(weight, ge, gi, scale, quantise)
+    x_e, x_i = _PerChipSynapses.apply(s, w_nom, exc.to(s.dtype), inh.to(s.dtype), None,
+                                      saturation, nominal_alike)
+    return _chip_major(x_e, T, B), _chip_major(x_i, T, B)
+
+
+def _chip_major(x, T, B):
+    """[C, T * B, N] -> [T, B, C * N]."""
+    C, _, N = x.shape
+    return x.reshape(C, T, B, N).permute(1, 2, 0, 3).reshape(T, B, C * N)
