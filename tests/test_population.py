@@ -126,3 +126,34 @@ def test_per_chip_inputs_and_the_explicit_argument():
 def test_bad_populations_are_named(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_snntorch_forward_pass_on_a_population_is_each_chip():
+    import warnings
+
+    import snntorch as snn
+    from torch import nn
+
+    from bss2_backend.integrations.snntorch import convert, forward_pass
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Linear(16, 12, bias=False),
+            snn.Leaky(0.9, init_hidden=True, reset_mechanism="zero"),
+            nn.Linear(12, 4, bias=False),
+            snn.Leaky(0.9, init_hidden=True, output=True, reset_mechanism="none"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pop = convert(net(), Chips(SEEDS[:3], mismatch=PER_CIRCUIT, noise=False))
+        singles = [convert(net(), Chip(s, mismatch=PER_CIRCUIT, noise=False)) for s in SEEDS[:3]]
+    x = _x()
+    spk, mem = forward_pass(pop, 12, x)
+    assert spk.shape == mem.shape == (3, 12, 3, 4)
+    for c, single in enumerate(singles):
+        s1, m1 = forward_pass(single, 12, x)
+        assert torch.equal(s1, spk[c]) and torch.equal(m1, mem[c])
+    with pytest.raises(ValueError, match="3 chips first"):
+        forward_pass(pop, 12, x[:, :2], per_chip=True)
+    with pytest.raises(ValueError, match="needs a net converted onto a population"):
+        forward_pass(singles[0], 12, x, per_chip=True)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from bss2_backend.chip import Chip, synapse_decays
+from bss2_backend.population import Chips
 from bss2_backend.dynamics import compute_dtype, pack
 from bss2_backend.weights import are_spikes, mark_spikes
 from torch import nn
@@ -201,19 +202,21 @@ def bind(module, linear, where, chip, network=0):
     return ChipBinding(chip, placement, mapping, n_in)
 
 
-def layer_currents(binding, linear, spikes):
+def layer_currents(binding, linear, spikes, per_chip=False):
     """(x_exc, x_inh) [T, B, n_out] of the layer's synapse array for presynaptic spikes
     [T, B, n_in]: the linear's weights (snntorch units, times weight_gain) through the chip's
-    weight path."""
-    T, B, n_in = spikes.shape
+    weight path. On a population of C chips (Chips) the result is [T, B, C * n_out] and spikes
+    are shared, or one per chip [C, T, B, n_in] with per_chip=True."""
+    n_in = spikes.shape[-1]
     if n_in != binding.n_in:
         raise ValueError(f"layer placed as {binding.placement.name!r} expects {binding.n_in} input "
                          f"features, got {n_in}")
     dtype = compute_dtype(spikes.dtype)
+    extra = {"per_chip": per_chip} if isinstance(binding.chip, Chips) else {}
     return binding.chip.input_currents(binding.placement, spikes.to(dtype),
                                        linear.weight.to(dtype) * binding.mapping.weight_gain,
                                        slice(0, n_in), binding.synapse_decays(),
-                                       binary=are_spikes(spikes))
+                                       binary=are_spikes(spikes), **extra)
 
 
 def run_neurons(binding, linear, module, x_exc, x_inh, continuing=None):
@@ -236,12 +239,15 @@ def run_neurons(binding, linear, module, x_exc, x_inh, continuing=None):
     return z, u * m.threshold, run
 
 
-def run_layer(binding, linear, module, spikes):
+def run_layer(binding, linear, module, spikes, per_chip=False):
     """spikes [T, B, n_in] -> (spikes, membrane) [T, B, n_out] in snntorch units: one new run of
-    the layer on the chip (its state afterwards is kept, so steps may follow)."""
-    x_exc, x_inh = layer_currents(binding, linear, spikes)
+    the layer on the chip (its state afterwards is kept, so steps may follow). On a population
+    ([C, T, B, n_in] inputs with per_chip): [C, T, B, n_out]."""
+    x_exc, x_inh = layer_currents(binding, linear, spikes, per_chip)
     z, mem, run = run_neurons(binding, linear, module, x_exc, x_inh)
     _keep(module, binding, z[-1].clone(), mem[-1].clone(), run)
+    if isinstance(binding.chip, Chips):
+        return binding.chip.split(z), binding.chip.split(mem)
     return z, mem
 
 
@@ -313,6 +319,11 @@ def step(module, input_, states):
     state kept in the module (membrane, currents, refractory counter), returning what snntorch
     would (the membrane as the CADC reads it, times the threshold)."""
     passed = _passed(module, states)
+    if isinstance(module.__dict__["_bss2_chip"][0], Chips):
+        raise NotImplementedError(
+            f"chip mode: {module._bss2_where!r} is on a population of chips, which runs whole "
+            f"sequences (forward_pass, or a forward looping over time after convert); step by "
+            f"step one Chip at a time")
     linear, x_exc, x_inh = synapses_feeding(module, input_)
     binding = module._bss2_binding
     continuing = _continuing(module, passed)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from bss2_backend.validation import check_allocation, check_finite, check_tensor
+from bss2_backend.population import Chips, mark_population, per_chip_input
 from bss2_backend.weights import are_spikes, mark_spikes
 
 from . import chip_mode, fused
@@ -21,7 +22,7 @@ TIME_BATCHED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Dropo
 STEP_RANK = {nn.Linear: 2, nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
 
 
-def forward_pass(net, num_steps, data):
+def forward_pass(net, num_steps, data, per_chip=None):
     """Run `net` for num_steps steps and record its last layer, as snntorch's tutorial helper does.
 
     Args:
@@ -34,9 +35,13 @@ def forward_pass(net, num_steps, data):
         num_steps: number of time steps (int >= 1).
         data: static input fed at every step, [B, ...] (the tutorial's `net(data)`), or time-major
             input [num_steps, B, ...] (the tutorial's `net(data[step])`).
+        per_chip: for a net converted onto a population of C chips (bss2_backend.Chips): True
+            when data holds one input per chip ([C, ...] before the above); default: when data is
+            a population layer's output. Never decided from the rank.
 
     Returns:
-        (spk_rec, mem_rec): the last neuron's spikes and membrane, time-major [num_steps, B, ...].
+        (spk_rec, mem_rec): the last neuron's spikes and membrane, time-major [num_steps, B, ...]
+        ([C, num_steps, B, ...] on a population).
 
     Ideal-mode Sequential nets of Linear, Conv, Flatten, Dropout, pooling and Leaky/Synaptic/
     RLeaky/RSynaptic/Lapicque run fused: one GEMM over all steps per layer and one neuron launch per
@@ -55,8 +60,13 @@ def forward_pass(net, num_steps, data):
         convert(net, chip)
     on_chip = is_chip_bound(net)
     _check_inputs(net, data, on_chip)
+    if per_chip is not None and not isinstance(per_chip, bool):
+        raise TypeError(f"per_chip must be True, False or None, got {per_chip!r}")
     if on_chip:
-        return _chip_pass(net, num_steps, data)
+        return _chip_pass(net, num_steps, data, per_chip)
+    if per_chip:
+        raise ValueError("per_chip=True needs a net converted onto a population of chips "
+                         "(bss2_backend.Chips)")
     reason, seq = _fusable(net, data)
     if reason is None:
         x, static = split_time(seq, data, num_steps)
@@ -205,11 +215,11 @@ def reset_net(net):
             m.reset_mem()
 
 
-def _merge(m, x):
-    """Apply a stateless layer to [T, B, ...] as one batch of T*B."""
-    T, B = x.shape[:2]
-    y = m(x.reshape(T * B, *x.shape[2:]))
-    return y.reshape(T, B, *y.shape[1:])
+def _merge(m, x, lead=2):
+    """Apply a stateless layer to [T, B, ...] (or [C, T, B, ...] with lead=3) as one batch."""
+    dims = x.shape[:lead]
+    y = m(x.reshape(-1, *x.shape[lead:]))
+    return y.reshape(*dims, *y.shape[1:])
 
 
 def _fused_pass(net, seq, num_steps, x, static):
@@ -255,16 +265,34 @@ def _stepwise_pass(net, num_steps, data):
     return torch.stack(spk_rec), torch.stack(mem_rec)
 
 
-def _chip_pass(net, num_steps, data):
+def _chip_pass(net, num_steps, data, per_chip=None):
     if not isinstance(net, nn.Sequential):
         raise TypeError(f"forward_pass runs nn.Sequential nets on the chip; a {type(net).__name__} "
                         f"runs through its own forward, step by step on the chip")
     seq = sequence_of(net)
-    x, static = split_time(seq, data, num_steps)
-    _check_features_and_size(seq, x, static, num_steps)
-    if static:
-        x = x.expand(num_steps, *x.shape) if not are_spikes(x) else \
-            mark_spikes(x.expand(num_steps, *x.shape))
+    chip = next((m._bss2_binding.chip for _, m in seq
+                 if getattr(m, "_bss2_binding", None) is not None), None)
+    population = chip.size if isinstance(chip, Chips) else None
+    if per_chip is None:
+        per_chip = population is not None and per_chip_input(data) == population
+    elif per_chip and population is None:
+        raise ValueError("per_chip=True needs a net converted onto a population of chips "
+                         "(bss2_backend.Chips)")
+    if per_chip:
+        if data.dim() < 2 or data.shape[0] != population:
+            raise ValueError(f"data: a per-chip input has the population's {population} chips "
+                             f"first ([C, ...]), got shape {tuple(data.shape)}")
+        x, static = split_time(seq, data[0], num_steps)
+        _check_features_and_size(seq, x, static, num_steps)
+        x = data if not static else data.unsqueeze(1).expand(population, num_steps,
+                                                             *data.shape[1:])
+    else:
+        x, static = split_time(seq, data, num_steps)
+        _check_features_and_size(seq, x, static, num_steps)
+        if static:
+            x = x.expand(num_steps, *x.shape)
+    if are_spikes(data):
+        mark_spikes(x)
     reset_net(net)
     out, linear = None, None
     for name, m in seq:
@@ -273,16 +301,20 @@ def _chip_pass(net, num_steps, data):
         elif supported_kind(m) is not None:
             if m._bss2_binding is None:
                 raise ValueError(f"{name} is not placed on the chip; convert(net, chip) the whole net")
-            flat = x.reshape(num_steps, x.shape[1], -1)
+            lead = x.shape[:3] if per_chip else x.shape[:2]
+            flat = x.reshape(*lead, -1)
             if are_spikes(x):
                 mark_spikes(flat)
-            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m, flat)
+            spk, mem = chip_mode.run_layer(m._bss2_binding, linear, m, flat, per_chip)
             out, x = (spk, mem), spk
+            per_chip = population is not None
         elif isinstance(m, CHIP_PASSTHROUGH):
             spikes = are_spikes(x) and isinstance(m, (nn.Flatten, nn.Identity))
-            x = _merge(m, x)
+            x = _merge(m, x, 3 if per_chip else 2)
             if spikes:                  # reshaping keeps 0/1; dropout's scaling does not
                 mark_spikes(x)
+            if per_chip:
+                mark_population(x, population)
     if out is None:
         raise ValueError("the net has no neuron placed on the chip")
     return out
