@@ -118,6 +118,7 @@ class Chip:
         # where layers' run counters live: None = on the device a layer runs on unless that is
         # the CPU; True = as tensors always (CPU too: for torch.compile / tracing); False = host
         self.device_counters = None
+        self._failures = None          # (dead, firing, seed) fractions of failed spiking neurons
         self._allocator = Allocator(strict)
         self._placements = {}
         self._owners = {}             # placement name -> weakref to the layer that claimed it
@@ -310,6 +311,60 @@ class Chip:
         return Recurrence(*weight_path(weight, lp.gain_exc[:, columns], lp.gain_inh[:, columns],
                                        self.weight_scale, self.quantise))
 
+    # --- failed neurons (Fig. 4C) ----------------------------------------------------------------
+    def set_failures(self, dead=0.0, firing=0.0, seed=0):
+        """Emulate failed neurons in every spiking layer: a fraction `dead` that never spike
+        (threshold out of reach) and a fraction `firing` whose leak sits above the threshold
+        (they fire whenever not refractory), drawn per chip, layer and `seed`
+        (failure_masks). The readout's leaky integrators are not affected. set_failures() undoes
+        it."""
+        check_number("dead", dead, low=0.0, high=1.0)
+        check_number("firing", firing, low=0.0, high=1.0)
+        check_number("seed", seed, low=0, high=2**63 - 1, integer=True)
+        if dead + firing > 1.0:
+            raise ValueError(f"dead + firing = {dead + firing:g} must be <= 1 (fractions of the "
+                             f"same neurons)")
+        self._failures = (float(dead), float(firing), int(seed)) if dead or firing else None
+        for key in [k for k in self._cache if len(k) > 1 and k[1] == "failed"]:
+            del self._cache[key]
+
+    @property
+    def failures(self):
+        """(dead, firing, seed) set by set_failures, or None."""
+        return self._failures
+
+    def failure_masks(self, placement):
+        """(dead, firing): bool [n_out] of a placed layer's failed neurons: exactly
+        round(fraction x n_out) of each, drawn from (chip seed, failure seed, first circuit)."""
+        n = placement.n_out
+        dead = torch.zeros(n, dtype=torch.bool)
+        firing = torch.zeros(n, dtype=torch.bool)
+        if self._failures is None:
+            return dead, firing
+        f_dead, f_firing, seed = self._failures
+        g = torch.Generator().manual_seed(layer_seed(self.seed ^ seed, placement.circuits[0][0],
+                                                     0x5EED))
+        order = torch.randperm(n, generator=g)
+        n_dead, n_firing = round(f_dead * n), round(f_firing * n)
+        dead[order[:n_dead]] = True
+        firing[order[n_dead:n_dead + n_firing]] = True
+        return dead, firing
+
+    def _failed(self, placement, packed):
+        """packed with the failed neurons' parameters: dead ones' threshold at +inf, firing ones'
+        leak one model unit above their threshold."""
+        key = (placement.name, "failed", packed.par.data_ptr(), str(packed.par.device),
+               packed.par.dtype)
+        if key not in self._cache:
+            dead, firing = (m.to(packed.par.device) for m in self.failure_masks(placement))
+            par = packed.par.clone()
+            rows = dynamics.PARAM_ROWS
+            v_leak, v_th = rows.index("v_leak"), rows.index("v_th")
+            par[v_leak] = torch.where(firing, par[v_th] + 1.0, par[v_leak])
+            par[v_th] = torch.where(dead, torch.full_like(par[v_th], float("inf")), par[v_th])
+            self._cache[key] = packed._replace(par=par)
+        return self._cache[key]
+
     def run(self, placement, packed, readout, decays, x_exc, x_inh=None, *, spiking=True,
             recurrence=None, backend="auto", continuing=None):
         """Run a placed layer's neurons on its input currents with this chip's noise and
@@ -318,6 +373,8 @@ class Chip:
         `continuing` (the Run an earlier call returned), the next steps of that run.
         Returns (spikes, read membrane, Run)."""
         cfg = dynamics.config(readout, self.noise.membrane_lsb, self.surrogate, spiking, decays[1])
+        if spiking and self._failures is not None:
+            packed = self._failed(placement, packed)
         run = Run(self.next_seed(placement, x_exc.device), 0, None) if continuing is None \
             else continuing
         z, u, state = dynamics.execute(x_exc, x_inh, packed, cfg, run.seed, recurrence, backend,

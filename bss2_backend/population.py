@@ -144,6 +144,16 @@ class Chips(Chip):
             neuron_gain=self.neuron_gains(placement, weight.device, spikes.dtype),
             binary=are_spikes(spikes) if binary is None else binary)
 
+    def set_failures(self, dead=0.0, firing=0.0, seed=0):
+        """Chip.set_failures on every chip: each draws its own failed neurons."""
+        super().set_failures(dead, firing, seed)
+        for m in self.members:
+            m.set_failures(dead, firing, seed)
+
+    def failure_masks(self, placement):
+        masks = [m.failure_masks(placement) for m in self.members]
+        return torch.cat([d for d, _ in masks]), torch.cat([f for _, f in masks])
+
     def recurrence(self, placement, weight, columns):
         raise NotImplementedError(
             "recurrent layers on a population of chips are not supported yet (their recurrent "

@@ -31,6 +31,13 @@ def encode(cfg, x):
 
 
 def loss_and_prediction(cfg, readout, labels):
+    """(loss, predictions) of readout [T, B, classes]; on a population of K chips, readout
+    [K, T, B, classes]: the loss averaged over the chips, predictions [K, B]."""
+    if readout.dim() == 4:
+        K, T, B = readout.shape[:3]
+        loss, pred = loss_and_prediction(cfg, readout.permute(1, 0, 2, 3).reshape(T, K * B, -1),
+                                         labels.repeat(K))
+        return loss, pred.reshape(K, B)
     if cfg.task == "shd":
         return sum_over_time_loss(readout, labels, scale=cfg.loss_scale), readout.mean(0).argmax(1)
     return max_over_time_loss(readout, labels, scale=cfg.loss_scale), readout.max(0).values.argmax(1)
@@ -72,7 +79,7 @@ def train_step(cfg, model, optimiser, totals):
         total.backward()
         optimiser.step()
         plain.clamp_to_chip_()
-        n = yb.shape[0]
+        n = pred.numel()                       # samples x chips on a population
         loss = loss.detach()
         totals[0].add_(loss.double() * n)
         totals[1].add_((pred == yb).sum())
@@ -83,14 +90,20 @@ def train_step(cfg, model, optimiser, totals):
 
 
 def eval_step(cfg, model, totals):
-    """One evaluation batch's correct predictions and hidden spikes added to `totals` (float64
-    [2] on the device); capturable like train_step."""
+    """One evaluation batch's hidden spikes and correct predictions per chip added to `totals`
+    (float64 [1 + chips] on the device: spikes, then correct per chip; one chip unless the model
+    runs on a population); capturable like train_step."""
     def step(xb, yb):
         hidden, readout = model(encode(cfg, xb))
         _, pred = loss_and_prediction(cfg, readout, yb)
-        totals[0].add_((pred == yb).sum())
-        totals[1].add_(hidden.sum().double())
+        totals[0].add_(hidden.sum().double())
+        totals[1:].add_((pred == yb).reshape(-1, yb.shape[0]).sum(1))
     return step
+
+
+def chips_of(model):
+    """How many chips the model runs on (a population's size, else 1)."""
+    return getattr(_plain(model).chip, "size", 1) if hasattr(_plain(model), "chip") else 1
 
 
 def _graphed(fn, device, cuda_graph):
@@ -137,12 +150,14 @@ def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True, 
 
 
 @torch.no_grad()
-def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None):
-    """Test accuracy (and hidden spikes per neuron and sample) of `model` on x, y. step: a
-    (graphed) eval_step over a `totals` tensor, as fit() builds it; None builds an eager one."""
+def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None, per_chip=False):
+    """Test accuracy (and hidden spikes per neuron and sample) of `model` on x, y; on a
+    population the mean over its chips, or with per_chip=True the list of the chips' accuracies.
+    step: a (graphed) eval_step over a `totals` tensor, as fit() builds it; None builds one."""
     ranks = ranks or Ranks()
     model.eval()
-    totals = step.totals if step is not None else torch.zeros(2, dtype=torch.float64,
+    chips = chips_of(model)
+    totals = step.totals if step is not None else torch.zeros(1 + chips, dtype=torch.float64,
                                                                device=device)
     if step is None:
         step = eval_step(cfg, model, totals)
@@ -151,8 +166,12 @@ def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None):
     for i in range(0, len(mine), batch_size):
         idx = mine[i:i + batch_size]
         step(x[idx].to(device), y[idx].to(device))
-    correct, spikes = ranks.sum(totals.tolist(), device)
-    return correct / len(y), spikes / (len(y) * _n_hidden(model))
+    spikes, *correct = ranks.sum(totals.tolist(), device)
+    accuracy = [c / len(y) for c in correct]
+    spikes = spikes / (len(y) * chips * _n_hidden(model))
+    if per_chip:
+        return accuracy, spikes
+    return sum(accuracy) / chips, spikes
 
 
 def _progress(total, desc, enabled):
@@ -203,7 +222,7 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
     train_totals = torch.zeros(4, dtype=torch.float64, device=device)
     train = _graphed(train_step(cfg, model, optimiser, train_totals), device, cuda_graph)
     train.totals = train_totals
-    eval_totals = torch.zeros(2, dtype=torch.float64, device=device)
+    eval_totals = torch.zeros(1 + chips_of(model), dtype=torch.float64, device=device)
     test = _graphed(eval_step(cfg, model, eval_totals), device, cuda_graph)
     test.totals = eval_totals
     if device.type == "cuda":
