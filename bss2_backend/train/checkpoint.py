@@ -242,9 +242,11 @@ def check_matches(state, path, cfg, chip, signature):
         diff = {k: (saved_chip.get(k), chip.config()[k]) for k in keys}
         _fail(f"{path} was trained on another chip ({_describe(diff)}: saved vs requested); pass "
               f"the same --chip-seed/--mismatch/--no-noise/--ideal or another --out")
-    for key in ("batch_size", "lr", "seed", "loss_scale", "reg"):
-        if state["config"].get(key) != getattr(cfg, key):
-            _fail(f"{path} was trained with {key}={state['config'].get(key)}, this run asks for "
+    defaults = {"chips": 1, "dropout": 0.0}     # fields newer than some checkpoints
+    for key in ("batch_size", "lr", "seed", "loss_scale", "reg", "chips", "dropout"):
+        saved = state["config"].get(key, defaults.get(key))
+        if saved != getattr(cfg, key):
+            _fail(f"{path} was trained with {key}={saved}, this run asks for "
                   f"{getattr(cfg, key)}; resume with the same value or use another --out")
 
 

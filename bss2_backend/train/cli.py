@@ -14,6 +14,7 @@ DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 10_000_000
 MAX_THREADS = 1024
+MAX_TRAIN_CHIPS = 1024
 
 
 def register(subparsers):
@@ -39,6 +40,13 @@ def register(subparsers):
                        help="checkpoint, metrics and plots go here (default ./bss2-train)")
     train.add_argument("--resume", action="store_true",
                        help="continue exactly from DIR/checkpoint.pt up to --epochs")
+    train.add_argument("--chips", type=integer(1, MAX_TRAIN_CHIPS), default=1, metavar="K",
+                       help="train one network in the loop on K chips at once (seeds --chip-seed "
+                            ".. --chip-seed+K-1; the loss averaged over them): robust to unseen "
+                            "chips (default 1)")
+    train.add_argument("--dropout", type=real(0.0, 1.0), default=0.0, metavar="P",
+                       help="drop this fraction of hidden spikes in training (0 <= P < 1): "
+                            "resilience to failed neurons (default 0)")
     train.add_argument("--no-cuda-graph", action="store_true",
                        help="on a GPU, run every batch eagerly instead of replaying it as one "
                             "captured CUDA graph (the same results, more host time)")
@@ -98,7 +106,10 @@ def resolve_device(text):
 
 def _config(args, dataset_name):
     cfg = TrainConfig(task=args.task, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
-                      seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name])
+                      seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name],
+                      chips=getattr(args, "chips", 1), dropout=getattr(args, "dropout", 0.0))
+    if cfg.dropout >= 1.0:
+        raise UserError(f"--dropout {cfg.dropout:g} must be < 1 (1 drops every hidden spike)")
     if args.task == "shd":
         cfg = replace(cfg, steps=args.steps or 100, loss_scale=1.0)
     elif args.steps:
@@ -123,11 +134,23 @@ def _chip(args):
     integration = args.integration
     if integration == "auto":
         integration = "exact" if isinstance(mismatch, float) else "euler"
-    if args.ideal:
-        return Chip.ideal(seed=args.chip_seed, integration=integration)
+    chips = getattr(args, "chips", 1)
+    if chips > 1:
+        from ..population import Chips
+        if args.chip_seed + chips - 1 > 2**63 - 1:
+            raise UserError(f"--chip-seed {args.chip_seed} + --chips {chips} runs past the largest "
+                            f"seed 2^63-1")
+        seeds = range(args.chip_seed, args.chip_seed + chips)
+        if args.ideal:
+            return Chips(seeds, mismatch="none", noise=False, quantise=False, strict=False,
+                         integration=integration)
+        make = lambda **kw: Chips(seeds, **kw)
+    else:
+        if args.ideal:
+            return Chip.ideal(seed=args.chip_seed, integration=integration)
+        make = lambda **kw: Chip(seed=args.chip_seed, **kw)
     try:
-        chip = Chip(seed=args.chip_seed, mismatch=mismatch, noise=not args.no_noise,
-                    integration=integration)
+        chip = make(mismatch=mismatch, noise=not args.no_noise, integration=integration)
     except (ValueError, TypeError) as e:
         raise UserError(f"--mismatch / --chip-seed: {e}") from None
     n = chip.neurons
@@ -246,6 +269,11 @@ def _train(args):
     if not main:
         return 0
     final = history[-1] if history else {}
+    from ..energy import figures
+    chip_figures = figures(cfg.steps, chip.dt_us,
+                           time_to_decision_us=final.get("time_to_decision_us", float("nan")),
+                           spikes_per_sample=final.get("test_spikes_per_sample", float("nan")))
+    log(chip_figures.line())
     plots.plot_history(history, out / "curves.png")
     plots.plot_activity(cfg, model, dataset.x_test, dataset.y_test, out / "activity.png")
     result = {"test_accuracy": final.get("test_accuracy"), "train_accuracy": final.get("train_accuracy"),
@@ -254,6 +282,7 @@ def _train(args):
               "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
               "spikes_per_hidden_neuron": final.get("test_spikes_per_hidden_neuron"),
               "chip": chip.config(), "config": asdict(cfg), "history": history,
+              "chip_figures": chip_figures._asdict(),
               "out": str(out), "checkpoint": str(out / "checkpoint.pt"),
               "plots": [str(out / "curves.png"), str(out / "activity.png")]}
     write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))

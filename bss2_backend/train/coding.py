@@ -47,5 +47,5 @@ def spike_regulariser(hidden_spikes, strength, target=0.0):
     """strength * mean over neurons of (spikes per neuron and sample - target)_+^2: keeps rates low."""
     if strength == 0:
         return hidden_spikes.new_zeros(())
-    per_neuron = hidden_spikes.sum(0)                 # [B, H]
+    per_neuron = hidden_spikes.sum(-3)                # over time: [B, H] (or [chips, B, H])
     return strength * torch.clamp(per_neuron - target, min=0).pow(2).mean()

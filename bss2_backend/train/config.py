@@ -21,6 +21,8 @@ class TrainConfig:
     loss_scale: float = 5.0          # softmax temperature on the readout membranes (model units)
     reg: float = 1e-3                # spike-count regulariser strength (0: off)
     seed: int = 0                    # weight init and batch order
+    chips: int = 1                   # train on a population of this many chips (averaged loss)
+    dropout: float = 0.0             # fraction of hidden spikes dropped in training (Fig. 4C)
 
     def network_signature(self, n_in, n_out):
         return {"task": self.task, "n_in": n_in, "n_out": n_out, "steps": self.steps,

@@ -16,11 +16,13 @@ from .checkpoint import check_matches, load_checkpoint, make_checkpoint, restore
 from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
 from ..files import save_torch
 from .model import mnist_network, shd_network
+from ..energy import decision_steps
 
 def build_network(cfg, chip, n_in, n_out):
     """The task's network on `chip`, initialised from cfg.seed (the same on every rank)."""
     torch.manual_seed(cfg.seed)
-    return (shd_network if cfg.task == "shd" else mnist_network)(chip, n_in, n_out)
+    return (shd_network if cfg.task == "shd" else mnist_network)(chip, n_in, n_out,
+                                                                 dropout=cfg.dropout)
 
 
 def encode(cfg, x):
@@ -90,20 +92,21 @@ def train_step(cfg, model, optimiser, totals):
 
 
 def eval_step(cfg, model, totals):
-    """One evaluation batch's hidden spikes and correct predictions per chip added to `totals`
-    (float64 [1 + chips] on the device: spikes, then correct per chip; one chip unless the model
-    runs on a population); capturable like train_step."""
+    """One evaluation batch's hidden spikes, time-to-decision steps and correct predictions per
+    chip added to `totals` (float64 [2 + chips] on the device: spikes, decision steps, then correct
+    per chip; one chip unless the model runs on a population); capturable like train_step."""
     def step(xb, yb):
         hidden, readout = model(encode(cfg, xb))
         _, pred = loss_and_prediction(cfg, readout, yb)
         totals[0].add_(hidden.sum().double())
-        totals[1:].add_((pred == yb).reshape(-1, yb.shape[0]).sum(1))
+        totals[1].add_(decision_steps(readout).sum().double())
+        totals[2:].add_((pred == yb).reshape(-1, yb.shape[0]).sum(1))
     return step
 
 
 def chips_of(model):
     """How many chips the model runs on (a population's size, else 1)."""
-    return getattr(_plain(model).chip, "size", 1) if hasattr(_plain(model), "chip") else 1
+    return getattr(getattr(_plain(model), "chip", None), "size", 1)
 
 
 def _graphed(fn, device, cuda_graph):
@@ -150,14 +153,17 @@ def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True, 
 
 
 @torch.no_grad()
-def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None, per_chip=False):
+def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None, per_chip=False,
+             details=False):
     """Test accuracy (and hidden spikes per neuron and sample) of `model` on x, y; on a
     population the mean over its chips, or with per_chip=True the list of the chips' accuracies.
+    details=True returns a dict instead: accuracy, per_chip, spikes_per_hidden_neuron,
+    spikes_per_sample, decision_steps (mean time to decision, steps).
     step: a (graphed) eval_step over a `totals` tensor, as fit() builds it; None builds one."""
     ranks = ranks or Ranks()
     model.eval()
     chips = chips_of(model)
-    totals = step.totals if step is not None else torch.zeros(1 + chips, dtype=torch.float64,
+    totals = step.totals if step is not None else torch.zeros(2 + chips, dtype=torch.float64,
                                                                device=device)
     if step is None:
         step = eval_step(cfg, model, totals)
@@ -166,9 +172,14 @@ def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None, pe
     for i in range(0, len(mine), batch_size):
         idx = mine[i:i + batch_size]
         step(x[idx].to(device), y[idx].to(device))
-    spikes, *correct = ranks.sum(totals.tolist(), device)
+    spikes, decisions, *correct = ranks.sum(totals.tolist(), device)
     accuracy = [c / len(y) for c in correct]
-    spikes = spikes / (len(y) * chips * _n_hidden(model))
+    samples = len(y) * chips
+    if details:
+        return {"accuracy": sum(accuracy) / chips, "per_chip": accuracy,
+                "spikes_per_hidden_neuron": spikes / (samples * _n_hidden(model)),
+                "spikes_per_sample": spikes / samples, "decision_steps": decisions / samples}
+    spikes = spikes / (samples * _n_hidden(model))
     if per_chip:
         return accuracy, spikes
     return sum(accuracy) / chips, spikes
@@ -222,7 +233,7 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
     train_totals = torch.zeros(4, dtype=torch.float64, device=device)
     train = _graphed(train_step(cfg, model, optimiser, train_totals), device, cuda_graph)
     train.totals = train_totals
-    eval_totals = torch.zeros(1 + chips_of(model), dtype=torch.float64, device=device)
+    eval_totals = torch.zeros(2 + chips_of(model), dtype=torch.float64, device=device)
     test = _graphed(eval_step(cfg, model, eval_totals), device, cuda_graph)
     test.totals = eval_totals
     if device.type == "cuda":
@@ -231,12 +242,15 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
         t0 = time.time()
         loss, train_acc, spikes = run_epoch(cfg, model, optimiser, dataset.x_train, dataset.y_train,
                                             epoch, device, ranks, progress, step=train)
-        test_acc, test_spikes = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, ranks,
-                                         step=test)
+        result = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, ranks, step=test,
+                          details=True)
+        test_acc, test_spikes = result["accuracy"], result["spikes_per_hidden_neuron"]
         row = {"epoch": epoch + 1, "loss": loss, "train_accuracy": train_acc,
                "test_accuracy": test_acc, "spikes_per_hidden_neuron": spikes,
                "test_spikes_per_hidden_neuron": test_spikes, "seconds": time.time() - t0,
-               "cuda_graphs": train.captured}
+               "cuda_graphs": train.captured,
+               "time_to_decision_us": result["decision_steps"] * chip.dt_us,
+               "test_spikes_per_sample": result["spikes_per_sample"]}
         history.append(row)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch + 1}; lower --lr")

@@ -24,12 +24,24 @@ from ..integrations.snntorch import convert, forward_pass
 ALPHA = BETA = 0.9
 
 
+class SpikeDropout(nn.Dropout):
+    """Dropout of hidden spikes in training, as a failed neuron drops them: kept spikes stay 1
+    (no 1/(1-p) rescaling: the chip's spikes are binary). An nn.Dropout, so chip mode passes it
+    between layers."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return x * torch.bernoulli(torch.full_like(x, 1.0 - self.p))
+
+
 class Network(nn.Module):
     """forward(spikes [T, B, n_in]) -> (hidden spikes [T, B, n_hidden], readout membrane [T, B, n_out])."""
 
     def __init__(self, chip, n_in=256, n_hidden=246, n_out=10, *, recurrent=False,
-                 hidden_init=(-0.003, 0.005), readout_init=(-0.03, 0.03)):
+                 hidden_init=(-0.003, 0.005), readout_init=(-0.03, 0.03), dropout=0.0):
         super().__init__()
+        self.chip = chip
         if recurrent:
             lif = snn.RSynaptic(alpha=ALPHA, beta=BETA, linear_features=n_hidden, init_hidden=True,
                                 output=True, reset_mechanism="zero")
@@ -40,10 +52,12 @@ class Network(nn.Module):
             lif = snn.Synaptic(alpha=ALPHA, beta=BETA, init_hidden=True, output=True,
                                reset_mechanism="zero")
         self.hidden = nn.Sequential(OrderedDict(fc1=nn.Linear(n_in, n_hidden, bias=False), lif1=lif))
-        self.readout = nn.Sequential(OrderedDict(
-            fc2=nn.Linear(n_hidden, n_out, bias=False),
-            li=snn.Synaptic(alpha=ALPHA, beta=BETA, init_hidden=True, output=True,
-                            reset_mechanism="none")))
+        readout = OrderedDict(fc2=nn.Linear(n_hidden, n_out, bias=False),
+                              li=snn.Synaptic(alpha=ALPHA, beta=BETA, init_hidden=True,
+                                              output=True, reset_mechanism="none"))
+        if dropout:
+            readout = OrderedDict(dropout=SpikeDropout(dropout), **readout)
+        self.readout = nn.Sequential(readout)
         nn.init.uniform_(self.hidden.fc1.weight, *hidden_init)
         nn.init.uniform_(self.readout.fc2.weight, *readout_init)
         convert(self.hidden, chip=chip)
@@ -54,7 +68,7 @@ class Network(nn.Module):
         """Keep every weight within the chip's 6-bit range. Beyond it the chip clips and the
         gradient is zero, so a weight Adam pushed past the range would never come back."""
         for layer in (self.hidden, self.readout):
-            linear, neuron = layer[0], layer[1]
+            linear, neuron = [m for m in layer if isinstance(m, nn.Linear)][0], layer[-1]
             chip = neuron._bss2_binding.chip
             limit = C.WEIGHT_MAX / (chip.weight_scale * neuron._bss2_binding.mapping.weight_gain)
             linear.weight.clamp_(-limit, limit)
@@ -68,9 +82,10 @@ class Network(nn.Module):
         return hidden_spikes, readout_membrane
 
 
-def mnist_network(chip, n_in=256, n_out=10):
-    return Network(chip, n_in, 246, n_out)
+def mnist_network(chip, n_in=256, n_out=10, dropout=0.0):
+    return Network(chip, n_in, 246, n_out, dropout=dropout)
 
 
-def shd_network(chip, n_in=70, n_out=20, n_hidden=128):
-    return Network(chip, n_in, n_hidden, n_out, recurrent=True, hidden_init=(-0.003, 0.006))
+def shd_network(chip, n_in=70, n_out=20, n_hidden=128, dropout=0.0):
+    return Network(chip, n_in, n_hidden, n_out, recurrent=True, hidden_init=(-0.003, 0.006),
+                   dropout=dropout)

@@ -36,6 +36,8 @@ def plot_activity(cfg, model, x, y, path, count=3):
     device = next(model.parameters()).device
     spikes = encode(cfg, x[:count].to(device))
     hidden, readout = model(spikes)
+    if hidden.dim() == 4:                 # a population: its first chip
+        hidden, readout = hidden[0], readout[0]
     spikes, hidden, readout = spikes.cpu(), hidden.cpu(), readout.cpu()
     count = spikes.shape[1]
     fig, axes = plt.subplots(3, count, figsize=(3.3 * count, 7), sharex=True, squeeze=False)
