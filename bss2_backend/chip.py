@@ -466,6 +466,19 @@ class Chip:
                 "placements": [p.as_dict() for p in self._placements.values()],
                 "neurons": self._circuits._asdict(), "synapse_rows": self._rows}
 
+    @staticmethod
+    def config_kwargs(cfg):
+        """The constructor's arguments but the seed, from a config() dict: the same kind of chip
+        with other seeds (a population to evaluate a trained network on)."""
+        return dict(mismatch=_rebuild(Mismatch, cfg["mismatch"]),
+                    noise=_rebuild(Noise, cfg["noise"]), strict=cfg["strict"],
+                    quantise=cfg["quantise"], calibration=_rebuild(Calibration, cfg["calibration"]),
+                    weight_scale=cfg["weight_scale"],
+                    saturation=None if cfg["saturation"] is None else
+                    _rebuild(Saturation, cfg["saturation"]),
+                    dt_us=cfg["dt_us"], integration=cfg["integration"],
+                    surrogate=_rebuild(Surrogate, cfg["surrogate"]))
+
     @classmethod
     def from_state_dict(cls, state):
         """The chip that state_dict() described. Everything is checked before it is used: a damaged
@@ -485,14 +498,7 @@ class Chip:
         if missing:
             raise ValueError(f"chip state: config is missing {missing}")
         try:
-            chip = cls(seed=cfg["seed"], mismatch=_rebuild(Mismatch, cfg["mismatch"]),
-                       noise=_rebuild(Noise, cfg["noise"]), strict=cfg["strict"],
-                       quantise=cfg["quantise"], calibration=_rebuild(Calibration, cfg["calibration"]),
-                       weight_scale=cfg["weight_scale"],
-                       saturation=None if cfg["saturation"] is None else
-                       _rebuild(Saturation, cfg["saturation"]),
-                       dt_us=cfg["dt_us"], integration=cfg["integration"],
-                       surrogate=_rebuild(Surrogate, cfg["surrogate"]))
+            chip = cls(seed=cfg["seed"], **cls.config_kwargs(cfg))
         except (TypeError, ValueError) as e:
             raise ValueError(f"chip state: config is invalid ({e})") from None
         check_number("chip state: runs", state["runs"], low=0, high=2**63 - 1, integer=True)

@@ -199,7 +199,9 @@ def build_parser():
 def _plugins():
     """Sub-commands that live in their own modules (train, selfcal, bench) register here."""
     found = []
-    for module, attr in (("bss2_backend.train.cli", "register"), ("bss2_backend.bench.cli", "register")):
+    for module, attr in (("bss2_backend.train.cli", "register"),
+                         ("bss2_backend.train.chips_cli", "register"),
+                         ("bss2_backend.bench.cli", "register")):
         try:
             mod = __import__(module, fromlist=[attr])
         except ImportError as e:
