@@ -278,3 +278,30 @@ def chip_loop_matches(build_fused, build_steps, workload, device):
             _compare(f"d{name}", grads.get(name), g_ref, tol, "grads", errors, report)
     detail = "chip fused vs chip step by step (noise on): " + ", ".join(report)
     return Check("fail" if errors else "pass", detail + ("; FAILED " + "; ".join(errors) if errors else ""))
+
+
+@_guard
+def population_matches(build_population, build_sequential, workload, device):
+    """One launch for C chips vs the C chips one after another, noise off, same weights: spikes,
+    readout and weight gradients (the same sums, possibly in another order)."""
+    w = workload.check_size()
+    pop, seq = build_population(w, device), build_sequential(w, device)
+    with torch.no_grad():
+        for name, weight in seq.weights().items():
+            pop.weights()[name].copy_(weight)
+    x, labels = make_inputs(w, device, seed=5)
+    tol, errors, report = TOLERANCES[torch.float32], [], []
+    results = []
+    for model in (pop, seq):
+        model.zero_grad(set_to_none=True)
+        z, out = model(x)
+        loss_of(z, out, labels).backward()
+        results.append((z, out, _grads(model)))
+    (z, out, grads), (z_ref, out_ref, grads_ref) = results
+    _compare("spikes", z, z_ref, tol, "spikes", errors, report)
+    _compare("readout", out, out_ref, tol, "values", errors, report)
+    for name, g_ref in grads_ref.items():
+        if g_ref is not None:
+            _compare(f"d{name}", grads.get(name), g_ref, tol, "grads", errors, report)
+    detail = f"{w.chips} chips in one launch vs one after another (noise off): " + ", ".join(report)
+    return Check("fail" if errors else "pass", detail + ("; FAILED " + "; ".join(errors) if errors else ""))

@@ -301,6 +301,65 @@ def _stock_forward_pass_build(w, device, dtype=torch.float32):
     return ForwardPassNet(tutorial_net(w).to(device=device, dtype=dtype), stock_forward_pass)
 
 
+class PopulationNet(nn.Module):
+    """A's network on a population of C chips (one launch per layer); the chips' outputs are
+    returned side by side in the batch: spikes [T, C * B, N], readout [T, C * B, n_out]."""
+
+    def __init__(self, chips, w, backend):
+        super().__init__()
+        self.net = ChipNet(chips, w, backend)
+
+    def weights(self):
+        return self.net.weights()
+
+    def forward(self, spikes):
+        z, out = self.net(spikes)
+        side = lambda t: t.permute(1, 0, 2, 3).reshape(t.shape[1], -1, t.shape[-1])
+        return side(z), side(out)
+
+
+class SequentialChipsNet(nn.Module):
+    """The same C chips run one after another, each as a single Chip (the baseline)."""
+
+    def __init__(self, seeds, w, backend, noise=True):
+        super().__init__()
+        self.nets = nn.ModuleList(ChipNet(Chip(seed=s, noise=noise), w, backend) for s in seeds)
+        first = self.nets[0]
+        for net in self.nets[1:]:        # one weight shared by all chips, as in the population
+            net.hidden.weight = first.hidden.weight
+            if net.readout is not None:
+                net.readout.weight = first.readout.weight
+        self.shared = first
+
+    def weights(self):
+        return self.shared.weights()
+
+    def forward(self, spikes):
+        outs = [net(spikes) for net in self.nets]
+        return torch.cat([z for z, _ in outs], 1), torch.cat([o for _, o in outs], 1)
+
+
+def _population_impls(auto):
+    from bss2_backend import Chips
+
+    def population(w, device, dtype=torch.float32, noise=True):
+        return PopulationNet(Chips(range(w.chips), noise=noise), w, auto).to(device, dtype)
+
+    def sequential(w, device, dtype=torch.float32, noise=True):
+        return SequentialChipsNet(range(w.chips), w, auto, noise).to(device, dtype)
+
+    check = lambda w, device: checks.population_matches(
+        lambda w_, d: population(w_, d, noise=False), lambda w_, d: sequential(w_, d, noise=False),
+        w, device)
+    return [
+        Impl("bss2.chips[sequential]", "population", sequential,
+             lambda w, device: checks.Check("reference", "the chips one after another: the "
+                                                         "baseline of the population"),
+             backend=auto, baseline=True),
+        Impl("bss2.chips[population]", "population", population, check, backend=auto),
+    ]
+
+
 def _loop_build(chip, fuse):
     def build(w, device, dtype=torch.float32):
         import warnings
@@ -375,6 +434,7 @@ def default_impls(device):
              backend=auto),
     ]
     impls += _loop_impls(auto)
+    impls += _population_impls(auto)
     from .peers import peer_impls
     impls += peer_impls(Impl, lambda w, d, dt=torch.float32: SnnTorchNet(w).to(d, dt))
     if torch.device(device).type == "cuda":

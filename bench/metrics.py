@@ -16,7 +16,7 @@ FP32 = 4
 
 
 def _sizes(w):
-    tb = w.T * w.B
+    tb = w.T * w.B * w.chips          # a population: every chip its own batch
     n_w = w.n_in * w.n_hidden + (w.n_hidden ** 2 if w.recurrent else 0) + w.n_hidden * w.n_out
     return tb, n_w
 

@@ -14,7 +14,7 @@ import torch
 from bss2_backend.weights import mark_spikes
 
 CODINGS = ("latency", "poisson")
-WORKLOAD_KINDS = ("chip", "forward_pass", "loop")
+WORKLOAD_KINDS = ("chip", "forward_pass", "loop", "population")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Workload:
     strict: bool = True
     kind: str = "chip"
     rate: float = 0.05
+    chips: int = 1              # kind population: chips run at once, each on the batch
 
     def __post_init__(self):
         for field in ("n_in", "n_hidden", "T", "B"):
@@ -41,6 +42,8 @@ class Workload:
             raise ValueError(f"Workload.n_out must be >= 0, got {self.n_out}")
         if self.coding not in CODINGS:
             raise ValueError(f"Workload.coding must be one of {CODINGS}, got {self.coding!r}")
+        if self.chips < 1:
+            raise ValueError(f"Workload.chips must be >= 1, got {self.chips}")
         if self.kind not in WORKLOAD_KINDS:
             raise ValueError(f"Workload.kind must be one of {WORKLOAD_KINDS}, got {self.kind!r}")
 
@@ -48,19 +51,21 @@ class Workload:
     def shape(self):
         rec = "rec " if self.recurrent else ""
         out = f" -> {self.n_out} LI" if self.n_out else ""
-        return f"{self.n_in} -> {self.n_hidden} {rec}LIF{out}, T={self.T}, B={self.B}"
+        chips = f", {self.chips} chips" if self.chips > 1 else ""
+        return f"{self.n_in} -> {self.n_hidden} {rec}LIF{out}, T={self.T}, B={self.B}{chips}"
 
     def tiny(self):
         """The same structure at a size the CPU runs in milliseconds (smoke tests only)."""
         return replace(self, n_in=min(self.n_in, 12), n_hidden=min(self.n_hidden, 10),
-                       n_out=min(self.n_out, 4), T=min(self.T, 6), B=min(self.B, 3))
+                       n_out=min(self.n_out, 4), T=min(self.T, 6), B=min(self.B, 3),
+                       chips=min(self.chips, 3))
 
     def check_size(self):
         """A small version for correctness checks: short T, small batch, capped layers, and inputs
         dense enough that the hidden layer spikes."""
         return replace(self, n_in=min(self.n_in, 64), n_hidden=min(self.n_hidden, 48),
                        n_out=min(self.n_out, 10), T=min(self.T, 24), B=min(self.B, 4),
-                       rate=max(self.rate, 0.2))
+                       rate=max(self.rate, 0.2), chips=min(self.chips, 4))
 
 
 WORKLOADS = (
@@ -77,6 +82,10 @@ WORKLOADS = (
              10, False, 100, 256, coding="latency", kind="loop"),
     Workload("A-loop-64", "A-loop at batch 64", 256, 246, 10, False, 100, 64, coding="latency",
              kind="loop"),
+    Workload("A-pop", "A on a population of 64 chips in one launch", 256, 246, 10, False, 100,
+             256, coding="latency", kind="population", chips=64),
+    Workload("A-pop-8", "A on 8 chips, batch 32 (the CPU's size)", 256, 246, 10, False, 100, 32,
+             coding="latency", kind="population", chips=8),
 )
 
 
@@ -106,6 +115,7 @@ def make_inputs(workload, device, dtype=torch.float32, seed=0):
         spikes.scatter_(0, step.unsqueeze(0), bright.float().unsqueeze(0))
     else:
         spikes = (torch.rand(T, B, n, generator=g) < workload.rate).float()
-    labels = torch.randint(0, max(workload.n_out, 1), (B,), generator=g)
+    # a population classifies every sample on every chip: one label per (chip, sample)
+    labels = torch.randint(0, max(workload.n_out, 1), (B,), generator=g).repeat(workload.chips)
     # marked as 0/1: the chip's exact products may run as int8 GEMMs (weights.code_product)
     return mark_spikes(spikes.to(device=device, dtype=dtype)), labels.to(device)

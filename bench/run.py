@@ -193,7 +193,7 @@ def _timed_row(t, w, size, impl, mode, dev, env, **extra):
     floor = dev.floor_bytes_per_s
     return _row(env, dev, w, size, impl, mode, status="ok", median_ms=t.median_ms,
                 q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
-                samples_per_s=w.B / seconds, gbytes=nbytes / 1e9, gb_per_s=gbps,
+                samples_per_s=w.B * w.chips / seconds, gbytes=nbytes / 1e9, gb_per_s=gbps,
                 floor_gb_per_s=floor / 1e9, floor_fraction=gbps * 1e9 / floor,
                 gflop=nflop / 1e9, gflop_per_s=nflop / seconds / 1e9, **extra)
 

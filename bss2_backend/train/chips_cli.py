@@ -31,8 +31,10 @@ def register(subparsers):
     ev.add_argument("--seed-base", type=integer(0, 2**62), default=None,
                     help="first fresh chip seed (default 1000000); the training chip's is skipped")
     ev.add_argument("--mismatch", type=_mismatch_arg, default=None,
-                    help="the fresh chips' mismatch (default: the training chip's): calibrated | "
-                         "uncalibrated | none | sigma_d")
+                    help="fresh chips of this mismatch, quantised and noisy like real chips "
+                         "(default: chips configured like the training chip; give it to load an "
+                         "ideal-trained network onto real chips): calibrated | uncalibrated | "
+                         "none | sigma_d")
     ev.add_argument("--no-noise", action="store_true", help="fresh chips without temporal noise")
     ev.add_argument("--dead", type=real(0.0, 1.0), default=0.0,
                     help="fraction of failed (silent) hidden neurons per chip (default 0)")

@@ -60,9 +60,13 @@ def training_chip(state):
 
 
 def chip_kwargs(state, mismatch=None, noise=None):
-    kwargs = Chip.config_kwargs(state["chip"]["config"])
-    if mismatch is not None:
-        kwargs["mismatch"] = mismatch
+    """The fresh chips' configuration: the training chip's, or with a `mismatch` given, standard
+    chips of that mismatch (quantised, with the default noise unless `noise` says otherwise),
+    whatever the network was trained on (an ideal-trained network loaded onto real chips)."""
+    if mismatch is None:
+        kwargs = Chip.config_kwargs(state["chip"]["config"])
+    else:
+        kwargs = {"mismatch": mismatch}
     if noise is not None:
         kwargs["noise"] = noise
     return kwargs
