@@ -141,6 +141,10 @@ def run_workload(w, impls, device, dev, env, options, say):
         return [_row(env, dev, wl, size, i, m, status="skipped", note=reason)
                 for i in mine for m in options.modes]
     x, labels = registry.make_inputs(wl, device)
+    if wl.kind in ("chip", "population"):
+        from bss2_backend.constants import DT_US
+        from bss2_backend.energy import figures
+        say(f"  {figures(wl.T, DT_US).line()}")
     rows, ready = [], []
     for impl in mine:
         missing = impl.unavailable(device)
