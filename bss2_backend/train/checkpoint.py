@@ -206,7 +206,10 @@ def _check_optimizer_structure(opt):
                 or not all(_is_int(i) for i in g["params"]):
             _fail("optimizer.param_groups must be dicts with a list of parameter ids")
         for key in ("lr", "eps", "weight_decay"):
-            if key in g and not (_is_real(g[key]) and math.isfinite(g[key]) and g[key] >= 0):
+            value = g.get(key)
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+                value = float(value)          # a GPU run keeps its lr as a tensor
+            if key in g and not (_is_real(value) and math.isfinite(value) and value >= 0):
                 _fail(f"optimizer.param_groups.{key}={g[key]!r} must be a finite number >= 0")
         ids += g["params"]
     if len(set(ids)) != len(ids):
@@ -242,8 +245,9 @@ def check_matches(state, path, cfg, chip, signature):
         diff = {k: (saved_chip.get(k), chip.config()[k]) for k in keys}
         _fail(f"{path} was trained on another chip ({_describe(diff)}: saved vs requested); pass "
               f"the same --chip-seed/--mismatch/--no-noise/--ideal or another --out")
-    defaults = {"chips": 1, "dropout": 0.0}     # fields newer than some checkpoints
-    for key in ("batch_size", "lr", "seed", "loss_scale", "reg", "chips", "dropout"):
+    defaults = {"chips": 1, "dropout": 0.0, "lr_schedule": "constant"}   # newer than some
+    for key in ("batch_size", "lr", "seed", "loss_scale", "reg", "chips", "dropout",
+                "lr_schedule"):
         saved = state["config"].get(key, defaults.get(key))
         if saved != getattr(cfg, key):
             _fail(f"{path} was trained with {key}={saved}, this run asks for "
@@ -284,6 +288,8 @@ def restore(state, path, model, optimiser, chip):
         # the CPU: a checkpoint resumes on either
         if "capturable" in group:
             group["capturable"] = params[0].is_cuda
+        lr = float(group["lr"])           # a tensor on the GPU (captured steps), a float elsewhere
+        group["lr"] = torch.tensor(lr, device=params[0].device) if params[0].is_cuda else lr
     chip.runs = int(state["chip"]["runs"])
     chip.layer_runs = dict(state["chip"].get("layer_runs", {}))
     torch.set_rng_state(state["rng"])

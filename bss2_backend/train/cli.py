@@ -8,9 +8,10 @@ import torch
 
 from ..cli import CHIP_SEED, UserError, _mismatch_arg, folder_arg, integer, real, sigma_arg
 from .. import validation
-from .config import MIN_STEPS, TASKS, TrainConfig
+from .config import LR_SCHEDULES, MIN_STEPS, TASKS, TrainConfig
 
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
+DEFAULT_LR_SCHEDULE = {"mnist": "cosine"}
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 10_000_000
 MAX_THREADS = 1024
@@ -40,6 +41,9 @@ def register(subparsers):
                        help="checkpoint, metrics and plots go here (default ./bss2-train)")
     train.add_argument("--resume", action="store_true",
                        help="continue exactly from DIR/checkpoint.pt up to --epochs")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                       help="constant, or cosine decay to 0 over the epochs (default: cosine "
+                            "for MNIST, constant otherwise)")
     train.add_argument("--chips", type=integer(1, MAX_TRAIN_CHIPS), default=1, metavar="K",
                        help="train one network in the loop on K chips at once (seeds --chip-seed "
                             ".. --chip-seed+K-1; the loss averaged over them): robust to unseen "
@@ -107,7 +111,9 @@ def resolve_device(text):
 def _config(args, dataset_name):
     cfg = TrainConfig(task=args.task, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
                       seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name],
-                      chips=getattr(args, "chips", 1), dropout=getattr(args, "dropout", 0.0))
+                      chips=getattr(args, "chips", 1), dropout=getattr(args, "dropout", 0.0),
+                      lr_schedule=getattr(args, "lr_schedule", None) or
+                      DEFAULT_LR_SCHEDULE.get(dataset_name, "constant"))
     if cfg.dropout >= 1.0:
         raise UserError(f"--dropout {cfg.dropout:g} must be < 1 (1 drops every hidden spike)")
     if args.task == "shd":

@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 TASKS = ("mnist", "shd")
+LR_SCHEDULES = ("constant", "cosine")
 # an input spike moves the hidden membrane one step later and a hidden spike the readout's one
 # step after that: with fewer steps the readout can never respond
 MIN_STEPS = 3
@@ -21,9 +22,18 @@ class TrainConfig:
     loss_scale: float = 5.0          # softmax temperature on the readout membranes (model units)
     reg: float = 1e-3                # spike-count regulariser strength (0: off)
     seed: int = 0                    # weight init and batch order
+    lr_schedule: str = "constant"    # "cosine": lr x (1 + cos(pi epoch / epochs)) / 2 per epoch
     chips: int = 1                   # train on a population of this many chips (averaged loss)
     dropout: float = 0.0             # fraction of hidden spikes dropped in training (Fig. 4C)
 
     def network_signature(self, n_in, n_out):
         return {"task": self.task, "n_in": n_in, "n_out": n_out, "steps": self.steps,
                 "t_last": self.t_last}
+
+
+def lr_at(cfg, epoch):
+    """The learning rate of epoch `epoch` (0-based) under cfg.lr_schedule."""
+    import math
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr

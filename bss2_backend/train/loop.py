@@ -15,6 +15,7 @@ import torch.distributed as dist
 from .checkpoint import check_matches, load_checkpoint, make_checkpoint, restore
 from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
 from ..files import save_torch
+from .config import lr_at
 from .model import mnist_network, shd_network
 from ..energy import decision_steps
 
@@ -185,6 +186,14 @@ def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None, pe
     return sum(accuracy) / chips, spikes
 
 
+def _set_lr(optimiser, lr):
+    for group in optimiser.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
 def _progress(total, desc, enabled):
     if not enabled:
         return None
@@ -213,8 +222,11 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
     model = build_network(cfg, chip, n_in, dataset.classes).to(device)
     # capturable: the step count lives on the device, so a captured step advances it (the same
     # arithmetic with and without graphs; the CPU keeps torch's default)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr,
-                                 capturable=device.type == "cuda")
+    # on a GPU the learning rate is a device tensor, so a captured step sees the schedule's
+    # in-place updates
+    capturable = device.type == "cuda"
+    optimiser = torch.optim.Adam(model.parameters(), capturable=capturable,
+                                 lr=torch.tensor(cfg.lr, device=device) if capturable else cfg.lr)
     start, history = 0, []
     path = None if out is None else out / "checkpoint.pt"
     if resume and path is not None and path.exists():
@@ -240,6 +252,7 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
         log(f"CUDA graphs: {'on' if train.reason is None else 'off (' + train.reason + ')'}")
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
+        _set_lr(optimiser, lr_at(cfg, epoch))
         loss, train_acc, spikes = run_epoch(cfg, model, optimiser, dataset.x_train, dataset.y_train,
                                             epoch, device, ranks, progress, step=train)
         result = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, ranks, step=test,
