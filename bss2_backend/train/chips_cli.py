@@ -75,9 +75,9 @@ def register(subparsers):
 
 def _load_data(args, task):
     from .data import load_images
-    if task == "shd":
-        raise UserError("bss2 eval / failure: SHD networks are recurrent, which populations of "
-                        "chips do not run yet; evaluate MNIST/digits checkpoints")
+    if task != "mnist":
+        raise UserError(f"bss2 eval / failure: {task} networks are recurrent, which populations "
+                        f"of chips do not run yet; evaluate MNIST/digits checkpoints")
     return load_images(args.data).subset(None, args.limit_test)
 
 

@@ -8,9 +8,9 @@ import torch
 
 from ..cli import CHIP_SEED, UserError, _mismatch_arg, folder_arg, integer, real, sigma_arg
 from .. import validation
-from .config import LR_SCHEDULES, MIN_STEPS, TASKS, TrainConfig
+from .config import LR_SCHEDULES, MIN_STEPS, SEQUENCE_TASKS, TASKS, TrainConfig
 
-DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30}
+DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30, "fsdd": 30}
 DEFAULT_LR_SCHEDULE = {"mnist": "cosine"}
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 10_000_000
@@ -24,10 +24,12 @@ def register(subparsers):
         description="Train 16x16 inputs -> 246 LIF -> 10 LI in the loop on an emulated BSS-2 chip. "
                     "Without --data it uses scikit-learn's bundled digits (no download).")
     train.add_argument("--task", choices=TASKS, default="mnist",
-                       help="mnist: images, latency coded (default); shd: Spiking Heidelberg Digits")
+                       help="mnist: images, latency coded (default); shd: Spiking Heidelberg "
+                            "Digits; fsdd: spoken digits (wav) through a cochlea-like front end")
     train.add_argument("--data", metavar="PATH", type=folder_arg,
                        help="MNIST .npz (x_train, y_train, x_test, y_test) or folder of the four "
-                            "IDX files; for --task shd the folder with shd_*.h5")
+                            "IDX files; for --task shd the folder with shd_*.h5; for --task fsdd "
+                            "the folder of FSDD wav recordings")
     _common(train)
     train.add_argument("--mismatch", type=_mismatch_arg, default=None,
                        help="calibrated (default) | uncalibrated | none | sigma_d (float in [0, 1])")
@@ -41,6 +43,9 @@ def register(subparsers):
                        help="checkpoint, metrics and plots go here (default ./bss2-train)")
     train.add_argument("--resume", action="store_true",
                        help="continue exactly from DIR/checkpoint.pt up to --epochs")
+    train.add_argument("--freeze-recurrent", action="store_true",
+                       help="keep the recurrent weights at their initial values (shd, fsdd): the "
+                            "paper's contrast to trained recurrence")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                        help="constant, or cosine decay to 0 over the epochs (default: cosine "
                             "for MNIST, constant otherwise)")
@@ -113,10 +118,14 @@ def _config(args, dataset_name):
                       seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name],
                       chips=getattr(args, "chips", 1), dropout=getattr(args, "dropout", 0.0),
                       lr_schedule=getattr(args, "lr_schedule", None) or
-                      DEFAULT_LR_SCHEDULE.get(dataset_name, "constant"))
+                      DEFAULT_LR_SCHEDULE.get(dataset_name, "constant"),
+                      freeze_recurrent=getattr(args, "freeze_recurrent", False))
     if cfg.dropout >= 1.0:
         raise UserError(f"--dropout {cfg.dropout:g} must be < 1 (1 drops every hidden spike)")
-    if args.task == "shd":
+    if cfg.freeze_recurrent and cfg.task not in SEQUENCE_TASKS:
+        raise UserError(f"--freeze-recurrent: the {cfg.task} network has no recurrent weights "
+                        f"(it applies to --task {' / '.join(SEQUENCE_TASKS)})")
+    if args.task in SEQUENCE_TASKS:
         cfg = replace(cfg, steps=args.steps or 100, loss_scale=1.0)
     elif args.steps:
         cfg = replace(cfg, steps=args.steps, t_last=max(1, min(cfg.t_last, args.steps // 2)))
@@ -124,6 +133,12 @@ def _config(args, dataset_name):
 
 
 def _load(args, steps):
+    if args.task == "fsdd":
+        from .fsdd import load_fsdd
+        if not args.data:
+            raise UserError("--task fsdd needs --data DIR, the folder of the Free Spoken Digit "
+                            "Dataset's {digit}_{speaker}_{index}.wav recordings")
+        return load_fsdd(args.data, steps=steps)[0]
     if args.task == "shd":
         from .shd import load_shd
         if not args.data:
@@ -256,7 +271,7 @@ def _train(args):
     main = rank == 0
     log = _logger(args, main)
     out = prepare_out(args.out)
-    dataset_name = "shd" if args.task == "shd" else ("mnist" if args.data else "digits")
+    dataset_name = args.task if args.task in SEQUENCE_TASKS else ("mnist" if args.data else "digits")
     cfg = _config(args, dataset_name)
     dataset = _load(args, cfg.steps).subset(args.limit_train, args.limit_test)
     if len(dataset.y_train) < world:
@@ -282,13 +297,16 @@ def _train(args):
     log(chip_figures.line())
     plots.plot_history(history, out / "curves.png")
     plots.plot_activity(cfg, model, dataset.x_test, dataset.y_test, out / "activity.png")
+    extra = {}
+    if cfg.task == "fsdd":
+        extra = _fsdd_report(cfg, model, dataset, args, device, out)
     result = {"test_accuracy": final.get("test_accuracy"), "train_accuracy": final.get("train_accuracy"),
               "loss": final.get("loss"), "epochs": len(history), "device": str(device),
               "world_size": world, "dataset": dataset.name,
               "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
               "spikes_per_hidden_neuron": final.get("test_spikes_per_hidden_neuron"),
               "chip": chip.config(), "config": asdict(cfg), "history": history,
-              "chip_figures": chip_figures._asdict(),
+              "chip_figures": chip_figures._asdict(), **extra,
               "out": str(out), "checkpoint": str(out / "checkpoint.pt"),
               "plots": [str(out / "curves.png"), str(out / "activity.png")]}
     write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
@@ -299,6 +317,32 @@ def _train(args):
               f"({dataset.name}, {chip.mismatch_label() if not chip.is_ideal else 'ideal'} chip, "
               f"{device}); checkpoint, metrics.json, curves.png and activity.png in {out}")
     return 0
+
+
+@torch.no_grad()
+def _fsdd_report(cfg, model, dataset, args, device, out):
+    """Confusion matrix and accuracy per speaker on the test split (confusion.png)."""
+    from . import plots
+    from .fsdd import test_speakers
+    from .loop import encode, loss_and_prediction
+    model.eval()
+    preds = []
+    for i in range(0, len(dataset.y_test), 256):
+        xb, yb = dataset.x_test[i:i + 256].to(device), dataset.y_test[i:i + 256].to(device)
+        _, readout = model(encode(cfg, xb))
+        preds.append(loss_and_prediction(cfg, readout, yb)[1].cpu())
+    pred = torch.cat(preds)
+    confusion = torch.zeros(dataset.classes, dataset.classes, dtype=torch.int64)
+    confusion.index_put_((dataset.y_test, pred), torch.ones_like(pred), accumulate=True)
+    speakers = test_speakers(args.data)[:len(pred)]     # --limit-test keeps the first ones
+    per_speaker = {}
+    for name in sorted(set(speakers)):
+        mine = torch.tensor([s == name for s in speakers])
+        per_speaker[name] = float((pred[mine] == dataset.y_test[mine]).float().mean())
+    plots.plot_confusion(confusion, per_speaker, out / "confusion.png",
+                         f"fsdd test, accuracy {float((pred == dataset.y_test).float().mean()):.3f}")
+    return {"confusion": confusion.tolist(), "accuracy_per_speaker": per_speaker,
+            "confusion_plot": str(out / "confusion.png")}
 
 
 def cmd_selfcal(args):

@@ -1,7 +1,9 @@
 """Hyper-parameters of a training run (a light module: the CLI reads its defaults from here)."""
 from dataclasses import dataclass
 
-TASKS = ("mnist", "shd")
+TASKS = ("mnist", "shd", "fsdd")
+# tasks whose samples are spike trains [T, channels] for the recurrent network (sum-over-time loss)
+SEQUENCE_TASKS = ("shd", "fsdd")
 LR_SCHEDULES = ("constant", "cosine")
 # an input spike moves the hidden membrane one step later and a hidden spike the readout's one
 # step after that: with fewer steps the readout can never respond
@@ -23,6 +25,7 @@ class TrainConfig:
     reg: float = 1e-3                # spike-count regulariser strength (0: off)
     seed: int = 0                    # weight init and batch order
     lr_schedule: str = "constant"    # "cosine": lr x (1 + cos(pi epoch / epochs)) / 2 per epoch
+    freeze_recurrent: bool = False   # keep the recurrent weights at their init (Fig. 5B contrast)
     chips: int = 1                   # train on a population of this many chips (averaged loss)
     dropout: float = 0.0             # fraction of hidden spikes dropped in training (Fig. 4C)
 

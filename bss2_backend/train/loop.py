@@ -15,21 +15,27 @@ import torch.distributed as dist
 from .checkpoint import check_matches, load_checkpoint, make_checkpoint, restore
 from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
 from ..files import save_torch
-from .config import lr_at
-from .model import mnist_network, shd_network
+from .config import SEQUENCE_TASKS, lr_at
+from .model import fsdd_network, mnist_network, shd_network
 from ..energy import decision_steps
 
 def build_network(cfg, chip, n_in, n_out):
     """The task's network on `chip`, initialised from cfg.seed (the same on every rank)."""
     torch.manual_seed(cfg.seed)
-    return (shd_network if cfg.task == "shd" else mnist_network)(chip, n_in, n_out,
-                                                                 dropout=cfg.dropout)
+    build = {"shd": shd_network, "fsdd": fsdd_network}.get(cfg.task, mnist_network)
+    model = build(chip, n_in, n_out, dropout=cfg.dropout)
+    if cfg.freeze_recurrent:
+        recurrent = getattr(model.hidden[-1], "recurrent", None)
+        if recurrent is None:
+            raise ValueError(f"freeze_recurrent: the {cfg.task} network has no recurrent weights")
+        recurrent.weight.requires_grad_(False)
+    return model
 
 
 def encode(cfg, x):
     """A batch of samples -> input spikes [T, B, features]."""
-    if cfg.task == "shd":
-        return x.transpose(0, 1).float()          # binned counts [B, T, 70] -> [T, B, 70]
+    if cfg.task in SEQUENCE_TASKS:
+        return x.transpose(0, 1).float()          # spike counts [B, T, 70] -> [T, B, 70]
     return latency_code(x, cfg.steps, t_last=cfg.t_last)
 
 
@@ -41,7 +47,7 @@ def loss_and_prediction(cfg, readout, labels):
         loss, pred = loss_and_prediction(cfg, readout.permute(1, 0, 2, 3).reshape(T, K * B, -1),
                                          labels.repeat(K))
         return loss, pred.reshape(K, B)
-    if cfg.task == "shd":
+    if cfg.task in SEQUENCE_TASKS:
         return sum_over_time_loss(readout, labels, scale=cfg.loss_scale), readout.mean(0).argmax(1)
     return max_over_time_loss(readout, labels, scale=cfg.loss_scale), readout.max(0).values.argmax(1)
 
@@ -217,7 +223,8 @@ def fit(cfg, dataset, chip, *, device="cpu", out=None, resume=False, log=print, 
     """
     device = torch.device(device)
     ranks = Ranks()
-    n_in = dataset.x_train[0].numel() if cfg.task != "shd" else dataset.x_train.shape[-1]
+    n_in = dataset.x_train[0].numel() if cfg.task not in SEQUENCE_TASKS else \
+        dataset.x_train.shape[-1]
     signature = cfg.network_signature(n_in, dataset.classes)
     model = build_network(cfg, chip, n_in, dataset.classes).to(device)
     # capturable: the step count lives on the device, so a captured step advances it (the same

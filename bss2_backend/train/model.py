@@ -2,6 +2,7 @@
 
     mnist: 256 inputs -> 246 LIF -> 10 LI readout   (Cramer et al. 2022, Fig. 3; all 512 circuits)
     shd:   70 inputs -> 128 recurrent LIF -> 20 LI readout
+    fsdd:  70 channels -> 186 recurrent LIF -> 10 LI readout (spoken digits, Fig. 5 with FSDD)
 
 Each layer is an nn.Linear (the chip's synapse array) followed by an snntorch neuron;
 bss2_backend.integrations.snntorch.convert places it on the chip, forward_pass runs it there.
@@ -84,6 +85,12 @@ class Network(nn.Module):
 
 def mnist_network(chip, n_in=256, n_out=10, dropout=0.0):
     return Network(chip, n_in, 246, n_out, dropout=dropout)
+
+
+def fsdd_network(chip, n_in=70, n_out=10, n_hidden=186, dropout=0.0):
+    """Spoken digits: 70 channels -> 186 recurrent LIF -> 10 LI, chip-sized (bench workload B)."""
+    return Network(chip, n_in, n_hidden, n_out, recurrent=True, hidden_init=(-0.003, 0.006),
+                   dropout=dropout)
 
 
 def shd_network(chip, n_in=70, n_out=20, n_hidden=128, dropout=0.0):

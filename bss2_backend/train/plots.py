@@ -72,3 +72,25 @@ def plot_selfcal(rows, path):
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_confusion(confusion, per_speaker, path, title=""):
+    """Confusion matrix (rows: true digit, columns: predicted) and accuracy per speaker."""
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.5, 4), gridspec_kw={"width_ratios": [1.2, 1]})
+    c = confusion.float()
+    ax.imshow((c / c.sum(1, keepdim=True).clamp_min(1)).numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            if c[i, j]:
+                ax.text(j, i, int(c[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if c[i, j] > 0.5 * c[i].sum() else "black")
+    ax.set(xlabel="predicted digit", ylabel="spoken digit", xticks=range(c.shape[1]),
+           yticks=range(c.shape[0]), title=title)
+    names = sorted(per_speaker)
+    bx.bar(range(len(names)), [per_speaker[n] for n in names], color="C0")
+    bx.set(xticks=range(len(names)), ylim=(0, 1), ylabel="test accuracy")
+    bx.set_xticklabels(names, rotation=30)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

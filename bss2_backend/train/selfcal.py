@@ -12,6 +12,7 @@ import io
 
 from ..chip import Chip
 from ..files import write_text
+from .config import SEQUENCE_TASKS
 from .loop import build_network, evaluate, fit
 
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -35,7 +36,7 @@ def run(cfg, dataset, *, sigmas=SIGMAS, chip_seed=0, noise=True, device="cpu", l
                    device=device, log=log, progress=progress)
     ideal_acc, _ = evaluate(cfg, ideal, dataset.x_test, dataset.y_test, device)
     trained = {k: v for k, v in ideal.state_dict().items()}
-    n_in = dataset.x_train[0].numel() if cfg.task != "shd" else dataset.x_train.shape[-1]
+    n_in = dataset.x_train[0].numel() if cfg.task not in SEQUENCE_TASKS else dataset.x_train.shape[-1]
     rows = []
     for sigma in sigmas:
         transfer_net = build_network(cfg, decalibrated_chip(chip_seed, sigma, noise), n_in,

@@ -12,7 +12,7 @@ import torch
 
 from ..chip import Chip
 from ..population import Chips
-from .config import TrainConfig
+from .config import SEQUENCE_TASKS, TrainConfig
 from .loop import build_network, evaluate
 
 FRESH_SEED_BASE = 1_000_000
@@ -39,7 +39,7 @@ def config_of(state):
 def check_data(state, dataset):
     """Refuse data the checkpoint's network cannot take, naming both."""
     net = state["network"]
-    n_in = dataset.x_test[0].numel() if net["task"] != "shd" else dataset.x_test.shape[-1]
+    n_in = dataset.x_test[0].numel() if net["task"] not in SEQUENCE_TASKS else dataset.x_test.shape[-1]
     if n_in != net["n_in"] or dataset.classes != net["n_out"]:
         raise ValueError(f"the checkpoint's network takes {net['n_in']} inputs and "
                          f"{net['n_out']} classes ({net['task']}); the data has {n_in} inputs "
