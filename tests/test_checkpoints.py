@@ -271,3 +271,19 @@ def test_resume_past_the_requested_epochs_trains_nothing_and_reports_the_true_co
     model, history = fit(CFG, data, Chip(seed=0), out=folder, resume=True, log=logs.append,
                          progress=False)
     assert len(history) == 1 and any("nothing left to train" in line for line in logs)
+
+
+def test_a_checkpoint_from_before_the_newer_fields_loads_and_resumes(real, tmp_path):
+    """Checkpoints written before chips, dropout, lr_schedule and freeze_recurrent existed were
+    trained with their defaults: they load and match a run asking for those."""
+    state = copy.deepcopy(real[1])
+    for key in ck.NEWER_CONFIG:
+        state["config"].pop(key, None)
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    loaded = load_checkpoint(old)
+    ck.check_matches(loaded, old, CFG, Chip(seed=0), CFG.network_signature(256, 10))
+    import dataclasses
+    with pytest.raises(CheckpointError, match="dropout"):
+        ck.check_matches(loaded, old, dataclasses.replace(CFG, dropout=0.2), Chip(seed=0),
+                         CFG.network_signature(256, 10))

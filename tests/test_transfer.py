@@ -59,3 +59,21 @@ def test_failure_sweep(tmp_path, capsys):
     assert nets == {"no dropout", "dropout 0.2"}
     assert len(result["rows"]) == 4 and all(len(r["accuracies"]) == 2 for r in result["rows"])
     assert (tmp_path / "failure.png").stat().st_size > 0 and (tmp_path / "failure.csv").exists()
+
+
+def test_sweep_over_regularisation(tmp_path, capsys):
+    assert main(["sweep", *TINY, "--epochs", "1", "--regs", "0", "0.1", "--out", str(tmp_path),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["reg"] for r in result["rows"]] == [0.0, 0.1]
+    assert all(r["spikes_per_sample"] >= 0 for r in result["rows"])
+    assert (tmp_path / "sweep.png").exists() and (tmp_path / "sweep.csv").exists()
+
+
+def test_train_reports_accuracy_over_time(checkpoint):
+    result = json.loads((checkpoint.parent / "metrics.json").read_text())
+    curve = result["accuracy_over_time"]
+    # another run of the chip (new noise): the last point is the accuracy up to noise
+    assert len(curve) == 16 and curve[-1] == pytest.approx(result["test_accuracy"], abs=0.2)
+    assert 1 <= result["time_to_decision_us"] <= 16
+    assert (checkpoint.parent / "decision.png").exists()

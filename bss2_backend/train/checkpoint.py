@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..chip import Chip
-from .config import TASKS, TrainConfig
+from .config import LR_SCHEDULES, TASKS, TrainConfig
 
 FORMAT = "bss2-train-checkpoint"
 VERSION = 1
@@ -144,20 +144,33 @@ def _check_tensors(obj, where, depth=0):
             _check_tensors(v, f"{where}[{i}]", depth + 1)
 
 
+# TrainConfig fields younger than the checkpoint format: a checkpoint without them was trained
+# with these values
+NEWER_CONFIG = {"chips": 1, "dropout": 0.0, "lr_schedule": "constant", "freeze_recurrent": False}
+
+
 def _check_config(config):
     known = {f.name: f.type for f in fields(TrainConfig)}
-    missing = [k for k in known if k not in config]
+    missing = [k for k in known if k not in config and k not in NEWER_CONFIG]
     if missing or set(config) - set(known):
         _fail(f"config must have the keys {sorted(known)}, got {sorted(config)}")
     for key, kind in known.items():
+        if key not in config:
+            continue
         value = config[key]
-        ok = _is_int(value) if kind in (int, "int") else \
+        ok = isinstance(value, bool) if kind in (bool, "bool") else \
+            _is_int(value) if kind in (int, "int") else \
             _is_real(value) and math.isfinite(value) if kind in (float, "float") else \
             isinstance(value, str)
         if not ok:
             _fail(f"config.{key}={value!r} has the wrong type")
     if config["task"] not in TASKS:
         _fail(f"config.task={config['task']!r} is not one of {list(TASKS)}")
+    if config.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        _fail(f"config.lr_schedule={config['lr_schedule']!r} is not one of {list(LR_SCHEDULES)}")
+    if not 0.0 <= config.get("dropout", 0.0) < 1.0 or config.get("chips", 1) < 1:
+        _fail(f"config: dropout={config.get('dropout')!r} must lie in [0, 1) and "
+              f"chips={config.get('chips')!r} be >= 1")
 
 
 def _check_network(network):
@@ -245,7 +258,7 @@ def check_matches(state, path, cfg, chip, signature):
         diff = {k: (saved_chip.get(k), chip.config()[k]) for k in keys}
         _fail(f"{path} was trained on another chip ({_describe(diff)}: saved vs requested); pass "
               f"the same --chip-seed/--mismatch/--no-noise/--ideal or another --out")
-    defaults = {"chips": 1, "dropout": 0.0, "lr_schedule": "constant"}   # newer than some
+    defaults = NEWER_CONFIG
     for key in ("batch_size", "lr", "seed", "loss_scale", "reg", "chips", "dropout",
                 "lr_schedule"):
         saved = state["config"].get(key, defaults.get(key))

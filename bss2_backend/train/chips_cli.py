@@ -16,6 +16,7 @@ FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def register(subparsers):
+    register_sweep(subparsers)
     ev = subparsers.add_parser(
         "eval", help="evaluate trained networks on many fresh chips (transfer statistics)",
         description="Evaluate the network of each checkpoint on --chips fresh chips (seeds from "
@@ -71,6 +72,69 @@ def register(subparsers):
     fa.add_argument("--out", default="bss2-failure", metavar="DIR", type=folder_arg)
     fa.set_defaults(func=cmd_failure, _user_errors=False, task="mnist", mismatch=None,
                     integration="auto", ideal=False, chips=1)
+
+
+def register_sweep(subparsers):
+    sw = subparsers.add_parser(
+        "sweep", help="train over a range of spike regularisation strengths (Fig. 3E)",
+        description="Train the network in the loop once per --reg value and plot test accuracy "
+                    "against hidden spikes per sample.")
+    sw.add_argument("--data", metavar="PATH", type=folder_arg,
+                    help="MNIST .npz or IDX folder (default: the bundled digits)")
+    _common(sw)
+    sw.add_argument("--regs", type=real(0.0), nargs="+", required=True, metavar="R",
+                    help="regularisation strengths to train with (e.g. 0 1e-4 1e-3 1e-2 1e-1)")
+    sw.add_argument("--out", default="bss2-sweep", metavar="DIR", type=folder_arg)
+    sw.set_defaults(func=cmd_sweep, _user_errors=False, task="mnist", mismatch=None,
+                    integration="auto", ideal=False, chips=1)
+
+
+def cmd_sweep(args):
+    try:
+        return _sweep(args)
+    except _user_errors() as e:
+        raise UserError(str(e)) from None
+
+
+def _sweep(args):
+    from ..files import prepare_out, write_text
+    from . import plots
+    from .data import load_images
+    from .loop import evaluate, fit
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    log = _logger(args)
+    out = prepare_out(args.out)
+    dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
+    base = _config(args, "mnist" if args.data else "digits")
+    rows = []
+    for reg in args.regs:
+        cfg = replace(base, reg=reg)
+        model, _ = fit(cfg, dataset, _chip(args), device=device, log=log,
+                       progress=not args.no_progress)
+        d = evaluate(cfg, model, dataset.x_test, dataset.y_test, device, details=True)
+        rows.append({"reg": reg, "test_accuracy": d["accuracy"],
+                     "spikes_per_sample": d["spikes_per_sample"],
+                     "spikes_per_hidden_neuron": d["spikes_per_hidden_neuron"]})
+        log(f"reg {reg:g}: test {d['accuracy']:.4f} at {d['spikes_per_sample']:.1f} hidden "
+            f"spikes per sample")
+    with (out / "sweep.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plots.plot_sweep(rows, out / "sweep.png")
+    result = {"rows": rows, "dataset": dataset.name, "config": asdict(base),
+              "chip_seed": args.chip_seed, "device": str(device),
+              "csv": str(out / "sweep.csv"), "plot": str(out / "sweep.png")}
+    write_text(out / "sweep.json", json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for r in rows:
+            print(f"reg {r['reg']:<8g} test {r['test_accuracy']:.4f}  "
+                  f"{r['spikes_per_sample']:8.1f} hidden spikes per sample")
+        print(f"sweep.csv, sweep.json and sweep.png in {out}")
+    return 0
 
 
 def _load_data(args, task):

@@ -297,9 +297,14 @@ def _train(args):
     log(chip_figures.line())
     plots.plot_history(history, out / "curves.png")
     plots.plot_activity(cfg, model, dataset.x_test, dataset.y_test, out / "activity.png")
-    extra = {}
+    from .loop import accuracy_over_time, time_to_decision
+    curve = accuracy_over_time(cfg, model, dataset.x_test, dataset.y_test, device)
+    decided = time_to_decision(curve, chip.dt_us)
+    plots.plot_decision(curve, chip.dt_us, decided, out / "decision.png")
+    log(f"time to decision: 99 % of the final test accuracy from {decided:g} us of chip time on")
+    extra = {"accuracy_over_time": curve, "time_to_decision_us": decided}
     if cfg.task == "fsdd":
-        extra = _fsdd_report(cfg, model, dataset, args, device, out)
+        extra.update(_fsdd_report(cfg, model, dataset, args, device, out))
     result = {"test_accuracy": final.get("test_accuracy"), "train_accuracy": final.get("train_accuracy"),
               "loss": final.get("loss"), "epochs": len(history), "device": str(device),
               "world_size": world, "dataset": dataset.name,
@@ -308,7 +313,8 @@ def _train(args):
               "chip": chip.config(), "config": asdict(cfg), "history": history,
               "chip_figures": chip_figures._asdict(), **extra,
               "out": str(out), "checkpoint": str(out / "checkpoint.pt"),
-              "plots": [str(out / "curves.png"), str(out / "activity.png")]}
+              "plots": [str(out / "curves.png"), str(out / "activity.png"),
+                        str(out / "decision.png")]}
     write_text(out / "metrics.json", json.dumps(result, indent=1, default=str))
     if args.json:
         print(json.dumps(result, default=str))

@@ -192,6 +192,34 @@ def evaluate(cfg, model, x, y, device, ranks=None, batch_size=256, step=None, pe
     return sum(accuracy) / chips, spikes
 
 
+@torch.no_grad()
+def accuracy_over_time(cfg, model, x, y, device, batch_size=256):
+    """Test accuracy when the decision may use the readout of steps [0, t] only, for every t
+    (Fig. 3C): a list of T accuracies (the last is the usual one)."""
+    model.eval()
+    correct = None
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        _, readout = model(encode(cfg, xb))
+        if readout.dim() == 4:
+            readout = readout[0]            # a population: its first chip
+        T = readout.shape[0]
+        hits = torch.stack([loss_and_prediction(cfg, readout[:t + 1], yb)[1] == yb
+                            for t in range(T)]).sum(1)
+        correct = hits if correct is None else correct + hits
+    return (correct.double() / len(y)).tolist()
+
+
+def time_to_decision(curve, dt_us, fraction=0.99):
+    """The earliest time (us) from which the restricted readout reaches `fraction` of the final
+    accuracy."""
+    final = curve[-1]
+    for t, acc in enumerate(curve):
+        if acc >= fraction * final:
+            return (t + 1) * dt_us
+    return len(curve) * dt_us
+
+
 def _set_lr(optimiser, lr):
     for group in optimiser.param_groups:
         if isinstance(group["lr"], torch.Tensor):

@@ -94,3 +94,34 @@ def plot_confusion(confusion, per_speaker, path, title=""):
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_decision(curve, dt_us, decided_us, path):
+    """Test accuracy against the time the readout may be looked at (Fig. 3C)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([(t + 1) * dt_us for t in range(len(curve))], curve, marker=".")
+    ax.axvline(decided_us, color="C3", ls="--", lw=1,
+               label=f"99 % of the final accuracy after {decided_us:g} us")
+    ax.set(xlabel="readout restricted to [0, t] (us of chip time)", ylabel="test accuracy",
+           ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_sweep(rows, path):
+    """Test accuracy against hidden spikes per sample, one point per regularisation (Fig. 3E)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([r["spikes_per_sample"] for r in rows], [r["test_accuracy"] for r in rows],
+            marker="o")
+    for r in rows:
+        ax.annotate(f"{r['reg']:g}", (r["spikes_per_sample"], r["test_accuracy"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.set(xscale="log", xlabel="hidden spikes per sample (labels: --reg)",
+           ylabel="test accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
