@@ -119,6 +119,7 @@ class Chip:
         # the CPU; True = as tensors always (CPU too: for torch.compile / tracing); False = host
         self.device_counters = None
         self._failures = None          # (dead, firing, seed) fractions of failed spiking neurons
+        self._tonic_disabled = False   # spike output of tonic circuits switched off
         self._allocator = Allocator(strict)
         self._placements = {}
         self._owners = {}             # placement name -> weakref to the layer that claimed it
@@ -333,11 +334,28 @@ class Chip:
         """(dead, firing, seed) set by set_failures, or None."""
         return self._failures
 
+    def disable_tonic(self, disabled=True):
+        """Switch off the spike output of every spiking neuron that fires without input: its leak
+        or its reset potential at or above its threshold (a failure state of strong mismatch).
+        On BSS-2 an experimenter finds them in a run without input and disables their firing;
+        here the drawn parameters say which. They then act like dead neurons."""
+        if not isinstance(disabled, bool):
+            raise TypeError(f"disabled must be True or False, got {disabled!r}")
+        self._tonic_disabled = disabled
+        for key in [k for k in self._cache if len(k) > 1 and k[1] == "failed"]:
+            del self._cache[key]
+
+    def tonic_mask(self, placement):
+        """bool [n_out]: the placed layer's neurons whose leak or reset is at/above threshold."""
+        p = self._layer_params(placement).params
+        return (p.v_leak >= p.v_th) | (p.v_reset >= p.v_th)
+
     def failure_masks(self, placement):
         """(dead, firing): bool [n_out] of a placed layer's failed neurons: exactly
         round(fraction x n_out) of each, drawn from (chip seed, failure seed, first circuit)."""
         n = placement.n_out
-        dead = torch.zeros(n, dtype=torch.bool)
+        dead = self.tonic_mask(placement) if self._tonic_disabled else \
+            torch.zeros(n, dtype=torch.bool)
         firing = torch.zeros(n, dtype=torch.bool)
         if self._failures is None:
             return dead, firing
@@ -347,7 +365,7 @@ class Chip:
         order = torch.randperm(n, generator=g)
         n_dead, n_firing = round(f_dead * n), round(f_firing * n)
         dead[order[:n_dead]] = True
-        firing[order[n_dead:n_dead + n_firing]] = True
+        firing[order[n_dead:n_dead + n_firing]] = True & ~dead[order[n_dead:n_dead + n_firing]]
         return dead, firing
 
     def _failed(self, placement, packed):
@@ -373,7 +391,7 @@ class Chip:
         `continuing` (the Run an earlier call returned), the next steps of that run.
         Returns (spikes, read membrane, Run)."""
         cfg = dynamics.config(readout, self.noise.membrane_lsb, self.surrogate, spiking, decays[1])
-        if spiking and self._failures is not None:
+        if spiking and (self._failures is not None or self._tonic_disabled):
             packed = self._failed(placement, packed)
         run = Run(self.next_seed(placement, x_exc.device), 0, None) if continuing is None \
             else continuing

@@ -150,6 +150,11 @@ class Chips(Chip):
         for m in self.members:
             m.set_failures(dead, firing, seed)
 
+    def disable_tonic(self, disabled=True):
+        super().disable_tonic(disabled)
+        for m in self.members:
+            m.disable_tonic(disabled)
+
     def failure_masks(self, placement):
         masks = [m.failure_masks(placement) for m in self.members]
         return torch.cat([d for d, _ in masks]), torch.cat([f for _, f in masks])

@@ -79,3 +79,20 @@ def test_a_population_fails_each_chip_its_own_way():
 def test_bad_failure_fractions_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Chip(seed=0).set_failures(**kwargs)
+
+
+def test_tonic_neurons_can_be_switched_off():
+    """Strong detuning leaves some leaks or resets above threshold: those neurons fire without
+    input; disable_tonic silences exactly them."""
+    chip = Chip(seed=0, mismatch=0.5, noise=False, integration="exact")
+    layer = _layer(chip, n=64)
+    tonic = chip.tonic_mask(layer.placement)
+    assert 0 < int(tonic.sum()) < 64
+    silent = _rates(layer, torch.zeros(60, 2, 8))
+    assert bool((silent[tonic] > 0).any())
+    chip.disable_tonic()
+    silent_after = _rates(layer, torch.zeros(60, 2, 8))
+    assert bool((silent_after[tonic] == 0).all())
+    assert torch.equal(silent_after[~tonic], silent[~tonic])
+    chip.disable_tonic(False)
+    assert torch.equal(_rates(layer, torch.zeros(60, 2, 8)), silent)

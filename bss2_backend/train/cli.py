@@ -56,6 +56,9 @@ def register(subparsers):
     train.add_argument("--dropout", type=real(0.0, 1.0), default=0.0, metavar="P",
                        help="drop this fraction of hidden spikes in training (0 <= P < 1): "
                             "resilience to failed neurons (default 0)")
+    train.add_argument("--disable-tonic", action="store_true",
+                       help="switch off the spike output of neurons that fire without input "
+                            "(leak or reset at/above threshold, under strong mismatch)")
     train.add_argument("--no-cuda-graph", action="store_true",
                        help="on a GPU, run every batch eagerly instead of replaying it as one "
                             "captured CUDA graph (the same results, more host time)")
@@ -70,6 +73,10 @@ def register(subparsers):
     _common(sc)
     sc.add_argument("--sigmas", type=sigma_arg, nargs="+", default=None, metavar="S",
                     help="decalibration values (default 0 0.1 0.2 0.3 0.4 0.5)")
+    sc.add_argument("--disable-tonic", action="store_true",
+                    help="switch off the spike output of hidden neurons that fire without input "
+                         "(leak or reset above threshold: strong detuning's failure state), as "
+                         "an experimenter does on BSS-2")
     sc.add_argument("--quick", action="store_true",
                     help="digits, fewer epochs and steps: under 10 minutes on 2 CPU cores")
     sc.add_argument("--out", default="bss2-selfcal", metavar="DIR", type=folder_arg,
@@ -174,6 +181,8 @@ def _chip(args):
         chip = make(mismatch=mismatch, noise=not args.no_noise, integration=integration)
     except (ValueError, TypeError) as e:
         raise UserError(f"--mismatch / --chip-seed: {e}") from None
+    if getattr(args, "disable_tonic", False):
+        chip.disable_tonic()
     n = chip.neurons
     fastest = min(float(t.min()) for t in (n.tau_mem_us, n.tau_syn_exc_us, n.tau_syn_inh_us))
     if integration == "euler" and fastest < chip.dt_us:
@@ -381,7 +390,7 @@ def _selfcal(args):
         f"{cfg.epochs} epochs, T={cfg.steps}, device {device}")
     rows = selfcal.run(cfg, dataset, sigmas=sigmas, chip_seed=args.chip_seed,
                        noise=not args.no_noise, device=device, log=log,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, disable_tonic=args.disable_tonic)
     selfcal.write_csv(rows, out / "selfcal.csv")
     plots.plot_selfcal(rows, out / "selfcal.png")
     result = {"rows": rows, "dataset": dataset.name, "epochs": cfg.epochs, "device": str(device),

@@ -24,12 +24,15 @@ CSV_FIELDS = ("sigma_d", "itl_accuracy", "transfer_accuracy", "ideal_accuracy")
 INTEGRATION = "exact"
 
 
-def decalibrated_chip(seed, sigma_d, noise=True):
-    return Chip(seed=seed, mismatch=float(sigma_d), noise=noise, integration=INTEGRATION)
+def decalibrated_chip(seed, sigma_d, noise=True, disable_tonic=False):
+    chip = Chip(seed=seed, mismatch=float(sigma_d), noise=noise, integration=INTEGRATION)
+    if disable_tonic:
+        chip.disable_tonic()
+    return chip
 
 
 def run(cfg, dataset, *, sigmas=SIGMAS, chip_seed=0, noise=True, device="cpu", log=print,
-        progress=True):
+        progress=True, disable_tonic=False):
     """Returns rows [{sigma_d, itl_accuracy, transfer_accuracy, ideal_accuracy}] in sigma order."""
     log("training on the ideal model (no mismatch, noise or quantisation) ...")
     ideal, _ = fit(cfg, dataset, Chip.ideal(seed=chip_seed, integration=INTEGRATION),
@@ -39,14 +42,15 @@ def run(cfg, dataset, *, sigmas=SIGMAS, chip_seed=0, noise=True, device="cpu", l
     n_in = dataset.x_train[0].numel() if cfg.task not in SEQUENCE_TASKS else dataset.x_train.shape[-1]
     rows = []
     for sigma in sigmas:
-        transfer_net = build_network(cfg, decalibrated_chip(chip_seed, sigma, noise), n_in,
+        transfer_net = build_network(cfg, decalibrated_chip(chip_seed, sigma, noise,
+                                                            disable_tonic), n_in,
                                      dataset.classes).to(device)
         transfer_net.load_state_dict(trained)
         transfer_acc, _ = evaluate(cfg, transfer_net, dataset.x_test, dataset.y_test, device)
         log(f"sigma_d={sigma:g}: trained ideal, loaded on the chip: test {transfer_acc:.4f}; "
             f"training in the loop ...")
-        itl_net, _ = fit(cfg, dataset, decalibrated_chip(chip_seed, sigma, noise), device=device,
-                         log=log, progress=progress)
+        itl_net, _ = fit(cfg, dataset, decalibrated_chip(chip_seed, sigma, noise, disable_tonic),
+                         device=device, log=log, progress=progress)
         itl_acc, _ = evaluate(cfg, itl_net, dataset.x_test, dataset.y_test, device)
         rows.append({"sigma_d": float(sigma), "itl_accuracy": itl_acc,
                      "transfer_accuracy": transfer_acc, "ideal_accuracy": ideal_acc})
