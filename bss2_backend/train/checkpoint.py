@@ -146,7 +146,8 @@ def _check_tensors(obj, where, depth=0):
 
 # TrainConfig fields younger than the checkpoint format: a checkpoint without them was trained
 # with these values
-NEWER_CONFIG = {"chips": 1, "dropout": 0.0, "lr_schedule": "constant", "freeze_recurrent": False}
+NEWER_CONFIG = {"chips": 1, "dropout": 0.0, "lr_schedule": "constant", "freeze_recurrent": False,
+                "augment": 0}
 
 
 def _check_config(config):
@@ -260,7 +261,7 @@ def check_matches(state, path, cfg, chip, signature):
               f"the same --chip-seed/--mismatch/--no-noise/--ideal or another --out")
     defaults = NEWER_CONFIG
     for key in ("batch_size", "lr", "seed", "loss_scale", "reg", "chips", "dropout",
-                "lr_schedule"):
+                "lr_schedule", "augment"):
         saved = state["config"].get(key, defaults.get(key))
         if saved != getattr(cfg, key):
             _fail(f"{path} was trained with {key}={saved}, this run asks for "

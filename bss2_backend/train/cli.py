@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 
 import torch
@@ -12,6 +13,11 @@ from .config import LR_SCHEDULES, MIN_STEPS, SEQUENCE_TASKS, TASKS, TrainConfig
 
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 30, "shd": 30, "fsdd": 30}
 DEFAULT_LR_SCHEDULE = {"mnist": "cosine"}
+# the MNIST recipe (bench/results/mnist-recipe.json): larger batches at twice the rate, annealed
+DEFAULT_BATCH = {"mnist": 256}
+DEFAULT_LR = {"mnist": 1e-3}
+DEFAULT_AUGMENT = {}
+MAX_SHIFT = 4                    # pixels of a 16x16 image
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 10_000_000
 MAX_THREADS = 1024
@@ -53,6 +59,9 @@ def register(subparsers):
                        help="train one network in the loop on K chips at once (seeds --chip-seed "
                             ".. --chip-seed+K-1; the loss averaged over them): robust to unseen "
                             "chips (default 1)")
+    train.add_argument("--augment", type=integer(0, MAX_SHIFT), default=None, metavar="PIXELS",
+                       help=f"images: shift each training image by up to this many pixels "
+                            f"(0 .. {MAX_SHIFT}; default 0)")
     train.add_argument("--dropout", type=real(0.0, 1.0), default=0.0, metavar="P",
                        help="drop this fraction of hidden spikes in training (0 <= P < 1): "
                             "resilience to failed neurons (default 0)")
@@ -73,6 +82,9 @@ def register(subparsers):
     _common(sc)
     sc.add_argument("--sigmas", type=sigma_arg, nargs="+", default=None, metavar="S",
                     help="decalibration values (default 0 0.1 0.2 0.3 0.4 0.5)")
+    sc.add_argument("--chip-seeds", type=CHIP_SEED, nargs="+", default=None, metavar="SEED",
+                    help="sweep several chips (one mismatch draw each) and report the mean with "
+                         "error bars; replaces --chip-seed")
     sc.add_argument("--disable-tonic", action="store_true",
                     help="switch off the spike output of hidden neurons that fire without input "
                          "(leak or reset above threshold: strong detuning's failure state), as "
@@ -81,7 +93,8 @@ def register(subparsers):
                     help="digits, fewer epochs and steps: under 10 minutes on 2 CPU cores")
     sc.add_argument("--out", default="bss2-selfcal", metavar="DIR", type=folder_arg,
                     help="selfcal.csv, selfcal.json and selfcal.png go here (default ./bss2-selfcal)")
-    sc.set_defaults(func=cmd_selfcal, _user_errors=False, task="mnist")
+    # chip_seed None: tells an explicit --chip-seed from the default, to refuse it with --chip-seeds
+    sc.set_defaults(func=cmd_selfcal, _user_errors=False, task="mnist", chip_seed=None)
 
 
 def _common(p):
@@ -90,9 +103,11 @@ def _common(p):
     p.add_argument("--no-noise", action="store_true", help="switch the chip's temporal noise off")
     p.add_argument("--epochs", type=integer(1, MAX_EPOCHS),
                    help="epochs (default: 10 digits, 30 MNIST/SHD)")
-    p.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=real(0.0, None, low_open=True), default=TrainConfig.lr,
-                   help="Adam learning rate (finite, > 0)")
+    p.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=None,
+                   help=f"samples per step (default: MNIST 256, else {TrainConfig.batch_size})")
+    p.add_argument("--lr", type=real(0.0, None, low_open=True), default=None,
+                   help=f"Adam learning rate (finite, > 0; default: MNIST 1e-3, else "
+                        f"{TrainConfig.lr:g})")
     p.add_argument("--steps", type=integer(MIN_STEPS, None),
                    help=f"time steps T of dt = 1 us (default 40; SHD 100; at least {MIN_STEPS}: an "
                         f"input reaches the readout two steps later)")
@@ -121,14 +136,21 @@ def resolve_device(text):
 
 
 def _config(args, dataset_name):
-    cfg = TrainConfig(task=args.task, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
+    cfg = TrainConfig(task=args.task, reg=args.reg,
+                      batch_size=args.batch_size or DEFAULT_BATCH.get(dataset_name,
+                                                                      TrainConfig.batch_size),
+                      lr=args.lr or DEFAULT_LR.get(dataset_name, TrainConfig.lr),
                       seed=args.seed, epochs=args.epochs or DEFAULT_EPOCHS[dataset_name],
                       chips=getattr(args, "chips", 1), dropout=getattr(args, "dropout", 0.0),
+                      augment=DEFAULT_AUGMENT.get(dataset_name, 0)
+                      if getattr(args, "augment", None) is None else args.augment,
                       lr_schedule=getattr(args, "lr_schedule", None) or
                       DEFAULT_LR_SCHEDULE.get(dataset_name, "constant"),
                       freeze_recurrent=getattr(args, "freeze_recurrent", False))
     if cfg.dropout >= 1.0:
         raise UserError(f"--dropout {cfg.dropout:g} must be < 1 (1 drops every hidden spike)")
+    if cfg.augment and cfg.task in SEQUENCE_TASKS:
+        raise UserError(f"--augment shifts images; the {cfg.task} task's samples are spike trains")
     if cfg.freeze_recurrent and cfg.task not in SEQUENCE_TASKS:
         raise UserError(f"--freeze-recurrent: the {cfg.task} network has no recurrent weights "
                         f"(it applies to --task {' / '.join(SEQUENCE_TASKS)})")
@@ -369,6 +391,7 @@ def cmd_selfcal(args):
 
 def _selfcal(args):
     from . import plots, selfcal
+    started = time.perf_counter()
     from .data import load_images
     from ..files import prepare_out, write_text
     torch.set_num_threads(args.threads)
@@ -385,16 +408,21 @@ def _selfcal(args):
                       t_last=max(1, min(cfg.t_last, steps // 2)))
     dataset = load_images(args.data).subset(args.limit_train, args.limit_test)
     sigmas = tuple(args.sigmas) if args.sigmas else selfcal.SIGMAS
+    if args.chip_seeds and args.chip_seed is not None:
+        raise UserError("give the chips either as --chip-seed S or as --chip-seeds S [S ...]")
+    seeds = tuple(dict.fromkeys(args.chip_seeds or [args.chip_seed or 0]))
     log(f"self-calibration sweep on {dataset.name} ({len(dataset.y_train)} train / "
-        f"{len(dataset.y_test)} test), chip seed {args.chip_seed}, sigma_d {list(sigmas)}, "
+        f"{len(dataset.y_test)} test), chip seeds {list(seeds)}, sigma_d {list(sigmas)}, "
         f"{cfg.epochs} epochs, T={cfg.steps}, device {device}")
-    rows = selfcal.run(cfg, dataset, sigmas=sigmas, chip_seed=args.chip_seed,
+    rows = selfcal.run(cfg, dataset, sigmas=sigmas, chip_seeds=seeds,
                        noise=not args.no_noise, device=device, log=log,
                        progress=not args.no_progress, disable_tonic=args.disable_tonic)
     selfcal.write_csv(rows, out / "selfcal.csv")
     plots.plot_selfcal(rows, out / "selfcal.png")
-    result = {"rows": rows, "dataset": dataset.name, "epochs": cfg.epochs, "device": str(device),
-              "chip_seed": args.chip_seed, "noise": not args.no_noise, "config": asdict(cfg),
+    result = {"rows": rows, "summary": selfcal.summary(rows), "dataset": dataset.name,
+              "epochs": cfg.epochs, "device": str(device), "chip_seeds": list(seeds),
+              "disable_tonic": args.disable_tonic, "noise": not args.no_noise,
+              "config": asdict(cfg), "seconds": round(time.perf_counter() - started, 1),
               "csv": str(out / "selfcal.csv"), "plot": str(out / "selfcal.png")}
     write_text(out / "selfcal.json", json.dumps(result, indent=1))
     if args.json:

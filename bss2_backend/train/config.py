@@ -28,6 +28,7 @@ class TrainConfig:
     freeze_recurrent: bool = False   # keep the recurrent weights at their init (Fig. 5B contrast)
     chips: int = 1                   # train on a population of this many chips (averaged loss)
     dropout: float = 0.0             # fraction of hidden spikes dropped in training (Fig. 4C)
+    augment: int = 0                 # images: random shifts of up to this many pixels in training
 
     def network_signature(self, n_in, n_out):
         return {"task": self.task, "n_in": n_in, "n_out": n_out, "steps": self.steps,

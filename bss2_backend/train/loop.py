@@ -12,6 +12,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from .augment import batch_generator, shift_images
 from .checkpoint import check_matches, load_checkpoint, make_checkpoint, restore
 from .coding import latency_code, max_over_time_loss, spike_regulariser, sum_over_time_loss
 from ..files import save_torch
@@ -141,9 +142,12 @@ def run_epoch(cfg, model, optimiser, x, y, epoch, device, ranks, progress=True, 
     bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", progress and ranks.main)
     shown = 0.0
     try:
-        for idx in batches:
+        for number, idx in enumerate(batches):
             idx = idx[ranks.rank::ranks.world]
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb, yb = x[idx], y[idx]
+            if cfg.augment:
+                xb = shift_images(xb, cfg.augment, batch_generator(cfg.seed, epoch, number))
+            xb, yb = xb.to(device), yb.to(device)
             optimiser.zero_grad(set_to_none=True)
             loss = step(xb, yb)
             if bar is not None:

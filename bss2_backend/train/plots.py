@@ -60,14 +60,22 @@ def plot_activity(cfg, model, x, y, path, count=3):
 
 
 def plot_selfcal(rows, path):
-    """Test accuracy against sigma_d: in the loop vs trained ideal and loaded (Fig. 4B)."""
+    """Test accuracy against sigma_d: in the loop vs trained ideal and loaded (Fig. 4B); the mean
+    over chip seeds with the sample standard deviation as error bars, each chip as a dot."""
+    from .selfcal import summary
     plt = _pyplot()
-    s = [r["sigma_d"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot(s, [r["itl_accuracy"] for r in rows], marker="o", label="trained in the loop")
-    ax.plot(s, [r["transfer_accuracy"] for r in rows], marker="s",
-            label="trained ideal, loaded on the chip")
-    ax.set(xlabel="decalibration sigma_d", ylabel="test accuracy", ylim=(0, 1))
+    for key, marker, label in (("itl_accuracy", "o", "trained in the loop"),
+                               ("transfer_accuracy", "s", "trained ideal, loaded on the chip")):
+        stats = summary(rows)
+        line = ax.errorbar([r["sigma_d"] for r in stats], [r[f"{key}_mean"] for r in stats],
+                           yerr=[r[f"{key}_std"] for r in stats], marker=marker, capsize=3,
+                           label=label)
+        ax.scatter([r["sigma_d"] for r in rows], [r[key] for r in rows], s=8, alpha=0.4,
+                   color=line[0].get_color())
+    seeds = len({r["chip_seed"] for r in rows})
+    ax.set(xlabel="decalibration sigma_d", ylabel="test accuracy", ylim=(0, 1),
+           title=f"{seeds} chip seed{'s' if seeds > 1 else ''}")
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
