@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import backend as _backend
+from .. import paths
 from ..op import FusedOp
 
 PARAM_ROWS = ("v_leak", "v_reset", "v_th", "a_mem", "a_syn_exc", "a_syn_inh")
@@ -73,8 +74,24 @@ def _seed(t, impl, device):
     return t
 
 
+def _compiled_loop(impl, device, dtype, recurrent):
+    """The C loop's library when the torch implementation runs on the CPU through it (native.py
+    decides: cpu_loop mode, a working compiler), else None: the twin's eager loop."""
+    if impl != "torch":
+        return None
+    from . import compiled
+    return compiled.loop_for(device, dtype, recurrent)
+
+
 def _forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed, step,
              v0, ie0, ii0, ref0, z0):
+    lib = _compiled_loop(impl, x_exc.device, par.dtype, w_exc is not None)
+    if lib is not None:
+        from . import compiled
+        return compiled.forward(lib, config, x_exc, x_inh, par, ref, offset, seed, _int(step),
+                                v0, ie0, ii0, ref0)
+    if impl == "torch" and x_exc.device.type == "cpu":
+        paths.note("loop", "eager")
     return _impl(impl).forward(config, x_exc, x_inh, par, ref, offset, w_exc, w_inh,
                                _seed(seed, impl, x_exc.device),
                                _int(step), v0, ie0, ii0, ref0, z0)
@@ -98,8 +115,16 @@ def _own_inh(config, impl):
 
 
 def _backward(config, impl, z, u, free, nom, w_rec, z0, g_z, g_u, g_v, g_ie, g_ii):
-    g_exc, g_inh, g_v0, g_ie0, g_ii0, g_z0 = _impl(impl).backward(
-        config, g_z, g_u, z, u, free, nom, w_rec, g_v, g_ie, g_ii)
+    lib = _compiled_loop(impl, u.device, u.dtype, w_rec is not None)
+    if lib is not None:
+        from . import compiled
+        g_exc, g_inh, g_v0, g_ie0, g_ii0, g_z0 = compiled.backward(
+            lib, config, g_z, g_u, z, u, free, nom, g_v, g_ie, g_ii)
+    else:
+        if impl == "torch" and u.device.type == "cpu":
+            paths.note("loop", "eager")
+        g_exc, g_inh, g_v0, g_ie0, g_ii0, g_z0 = _impl(impl).backward(
+            config, g_z, g_u, z, u, free, nom, w_rec, g_v, g_ie, g_ii)
     g_w = recurrent_weight_grad(g_exc, g_inh, z, w_rec, z0) if w_rec is not None else None
     return [g_exc, g_inh, g_w, g_v0, g_ie0, g_ii0, g_z0]
 

@@ -1,0 +1,142 @@
+"""The chip LIF op's CPU path through the compiled C loop (cpu_loop.c): same arguments and results
+as reference.forward / backward, for layers without recurrence (recurrent layers keep the twin,
+whose per-step GEMMs BLAS does better than a plain C loop).
+
+The noise is drawn here exactly as the twin draws it (one torch.Generator per stream, seeded per
+step), into [T, B, N] buffers the loop reads: noisy runs equal the twin's bit for bit too.
+"""
+import ctypes
+from pathlib import Path
+
+import torch
+
+from .. import backend as _backend
+from .. import native, paths
+from . import CADC_MAX, CADC_MIN
+from .reference import host_seed, step_seed
+
+SOURCE = Path(__file__).with_name("cpu_loop.c")
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def loop_for(device, dtype, recurrent):
+    """The loaded C library when the compiled loop runs this call, else None (the twin runs)."""
+    if torch.device(device).type != "cpu" or recurrent or dtype not in DTYPES:
+        return None
+    return native.library(SOURCE)
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _scalar(dtype):
+    return ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+
+
+def _noise(sigma, seed, step0, stream, shape, dtype):
+    """[T, B, N] standard normal draws of one stream, step by step as the twin seeds them."""
+    T = shape[0]
+    out = torch.empty(shape, dtype=dtype)
+    gen = torch.Generator()
+    for t in range(T):
+        gen.manual_seed(step_seed(seed, step0 + t, stream))
+        torch.randn(shape[1:], generator=gen, out=out[t])
+    return out.mul_(sigma)
+
+
+def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0=None, ie0=None,
+            ii0=None, ref0=None):
+    """reference.forward without recurrence, on the compiled loop."""
+    T, B, N = x_exc.shape
+    cdtype = par.dtype
+    v_leak, v_reset, v_th, a_mem, a_syn_exc, a_syn_inh = (r.contiguous() for r in par)
+    keep_e, keep_i = (1.0 - a_syn_exc).contiguous(), (1.0 - a_syn_inh).contiguous()
+    offset = offset.to(cdtype).contiguous()
+    offset_u = (offset * (1.0 / config.unit_lsb)).contiguous()
+    seed = host_seed(seed, config)
+    spiking = config.spiking
+    refractory = spiking and bool(ref_steps.any())
+    has_inh = x_inh is not None
+    x_exc = x_exc.to(cdtype).contiguous()
+    x_inh = x_inh.to(cdtype).contiguous() if has_inh else None
+    noise_m = noise_r = None
+    if config.membrane_noise_lsb > 0:
+        noise_m = _noise(config.membrane_noise_lsb / config.unit_lsb, seed, step0, 0, (T, B, N),
+                         cdtype)
+    if config.readout_noise_lsb > 0:
+        noise_r = _noise(config.readout_noise_lsb, seed, step0, 1, (T, B, N), cdtype)
+        if not config.quantise:
+            noise_r.mul_(1.0 / config.unit_lsb)
+    state = lambda t, default: default() if t is None else t.to(cdtype).contiguous().clone()
+    v = state(v0, lambda: v_leak.expand(B, N).contiguous())
+    i_e = state(ie0, lambda: torch.zeros(B, N, dtype=cdtype))
+    i_i = state(ii0, lambda: torch.zeros(B, N, dtype=cdtype))
+    ref = torch.zeros(B, N, dtype=torch.int32) if ref0 is None else \
+        ref0.to(torch.int32).contiguous().clone()
+    u_out = _backend.alloc((T, B, N), cdtype, "cpu")
+    z_out = _backend.alloc((T, B, N), cdtype, "cpu") if spiking else \
+        torch.zeros(T, B, N, dtype=cdtype)
+    free_out = torch.empty(0, dtype=torch.bool) if not spiking else \
+        (_backend.alloc((T, B, N), torch.bool, "cpu") if refractory else
+         torch.ones(T, B, N, dtype=torch.bool))
+    real = _scalar(cdtype)
+    getattr(lib, f"chip_lif_fwd_{DTYPES[cdtype]}")(
+        *(_int64(n) for n in (T, B, N)), _ptr(x_exc), _ptr(x_inh), _ptr(v_leak), _ptr(v_reset),
+        _ptr(v_th), _ptr(a_mem), _ptr(keep_e), _ptr(keep_i), _ptr(ref_steps.contiguous()),
+        _ptr(offset), _ptr(offset_u), *(_int(f) for f in (spiking, refractory, has_inh,
+                                                          config.quantise)),
+        real(config.unit_lsb), real(config.zero_lsb), real(1.0 / config.unit_lsb),
+        real(CADC_MIN), real(CADC_MAX), _ptr(noise_m), _ptr(noise_r), _ptr(v), _ptr(i_e),
+        _ptr(i_i), _ptr(ref), _ptr(z_out), _ptr(u_out), _ptr(free_out if refractory else None))
+    paths.note("loop", "compiled")
+    return z_out, u_out, v, i_e, i_i, free_out, ref
+
+
+def backward(lib, config, g_z, g_u, z, u, free, nom, g_v=None, g_ie=None, g_ii=None):
+    """reference.backward without recurrence (w None), on the compiled loop."""
+    T, B, N = u.shape
+    cdtype = u.dtype
+    v_th, a_mem, a_syn_exc, a_syn_inh = (r.contiguous() for r in nom.to(cdtype))
+    keep_m, keep_e, keep_i = ((1.0 - a).contiguous() for a in (a_mem, a_syn_exc, a_syn_inh))
+    own_inh = config.has_inh and not config.mirrored
+    g_exc = _backend.alloc((T, B, N), cdtype, "cpu")
+    g_inh = _backend.alloc((T, B, N), cdtype, "cpu") if own_inh else None
+    _start(g_exc[T - 1], g_ie)
+    if own_inh:
+        _start(g_inh[T - 1], g_ii)
+    lam_v = torch.zeros(B, N, dtype=cdtype) if g_v is None else \
+        g_v.to(cdtype).contiguous().clone()
+    g_last = torch.empty(B, N, dtype=cdtype)
+    cast = lambda t: None if t is None else t.to(cdtype).contiguous()
+    real = _scalar(cdtype)
+    getattr(lib, f"chip_lif_bwd_{DTYPES[cdtype]}")(
+        *(_int64(n) for n in (T, B, N)), _ptr(cast(g_z)), _ptr(cast(g_u)), _ptr(z.contiguous()),
+        _ptr(u.contiguous()), _ptr(free.contiguous() if config.spiking else None), _ptr(v_th),
+        _ptr(a_mem), _ptr(keep_m), _ptr(keep_e), _ptr(keep_i), _int(config.spiking),
+        _int(config.surrogate), real(config.alpha), _ptr(lam_v), _ptr(g_exc), _ptr(g_inh),
+        _ptr(g_last))
+    paths.note("loop", "compiled")
+    if not config.has_state:
+        return g_exc, g_inh, None, None, None, None
+    g_ie0 = torch.mul(g_exc[0], keep_e).addcmul_(g_last, a_mem)
+    if own_inh:
+        g_ii0 = torch.mul(g_inh[0], keep_i).addcmul_(g_last, a_mem, value=-1.0)
+    else:
+        g_ii0 = -g_ie0 if config.has_inh else torch.zeros_like(g_ie0)
+    return g_exc, g_inh, lam_v, g_ie0, g_ii0, None
+
+
+def _start(out, cotangent):
+    if cotangent is None:
+        out.zero_()
+    else:
+        out.copy_(cotangent)
+
+
+def _int(x):
+    return ctypes.c_int(int(x))
+
+
+def _int64(x):
+    return ctypes.c_int64(int(x))
