@@ -201,6 +201,7 @@ def _plugins():
     found = []
     for module, attr in (("bss2_backend.train.cli", "register"),
                          ("bss2_backend.train.chips_cli", "register"),
+                         ("bss2_backend.nir.cli", "register"),
                          ("bss2_backend.bench.cli", "register")):
         try:
             mod = __import__(module, fromlist=[attr])
