@@ -73,7 +73,8 @@ def _flatten(m, shape):
 
 
 def _out_shape(module, shape):
-    return tuple(module(torch.empty((1, *shape), device="meta")).shape[1:])
+    with torch.no_grad():
+        return tuple(module(torch.zeros((1, *shape))).shape[1:])
 
 
 # --- a loaded (ideal-mode) NIRNetwork ---------------------------------------------------------

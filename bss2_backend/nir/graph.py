@@ -193,6 +193,21 @@ def _stateless_shape(name, kind, node, shape):
     raise NIRError(f"node {name!r}: {kind} is not a stateless node")
 
 
+def _acyclic(nodes, succ, pred):
+    """NIRError naming the nodes of any cycle left once recurrent kernels are taken out."""
+    indegree = {k: len(pred[k]) for k in nodes}
+    ready = [k for k, d in indegree.items() if d == 0]
+    while ready:
+        for b in succ[ready.pop()]:
+            indegree[b] -= 1
+            if indegree[b] == 0:
+                ready.append(b)
+    stuck = [k for k, d in indegree.items() if d > 0]
+    if stuck:
+        raise NIRError(f"cycle through nodes {stuck}: the only cycle allowed is a neuron's "
+                       f"recurrent Linear/Affine edge back to itself (neuron -> Linear -> neuron)")
+
+
 def chain(graph):
     """The graph as a list of Stages from its Input to its Output (module docstring)."""
     import nir
@@ -236,6 +251,7 @@ def chain(graph):
             succ[owner].remove(name)
             pred[owner].remove(name)
             del succ[name], pred[name]
+    _acyclic(nodes, succ, pred)
     ins = [k for k, n in nodes.items() if isinstance(n, nir.Input)]
     outs = [k for k, n in nodes.items() if isinstance(n, nir.Output)]
     if len(ins) != 1 or len(outs) != 1:

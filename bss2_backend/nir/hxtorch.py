@@ -36,6 +36,9 @@ def check(graph):
     nodes = graph.nodes
     for name, node in nodes.items():
         kind = type(node).__name__
+        if kind == "NIRGraph":
+            raise NIRError(f"node {name!r} is a recurrent subgraph; hxtorch's from_nir reads no "
+                           f"recurrence (nor subgraphs)")
         if kind not in HXTORCH_NODES:
             raise NIRError(f"node {name!r} is a {kind}; hxtorch's from_nir reads only "
                            f"{', '.join(HXTORCH_NODES)}")
