@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import constants as C
+from .kernels import events as spike_events
 from .validation import check_number, check_tensor
 
 
@@ -116,15 +117,19 @@ class _Synapses(torch.autograd.Function):
     def forward(ctx, spikes, weight, exc, inh, saturation, mirrored, factor=None, binary=False):
         flat = spikes.reshape(-1, spikes.shape[-1])
         shape = (*spikes.shape[:-1], -1)
+        # sparse presynaptic spikes on a CPU: both products and the weight gradient from events
+        ctx.events = events = spike_events.choose(flat)
         if factor is not None:
             # exc holds integer weight codes: the exact product, then each neuron's factor
-            x = (code_product(flat, exc, binary) * factor).reshape(shape)
+            x = code_product(flat, exc, binary) if events is None else \
+                spike_events.product(flat, events, exc)
+            x = (x * factor).reshape(shape)
             ctx.save_for_backward(spikes, weight)
             ctx.signed, ctx.mirrored = True, mirrored
             ctx.set_materialize_grads(False)
             return x, None
-        x_exc = (flat @ exc.t()).reshape(shape)
-        x_inh = (flat @ inh.t()).reshape(shape) if inh is not None else None
+        x_exc = spike_events.product(flat, events, exc).reshape(shape)
+        x_inh = spike_events.product(flat, events, inh).reshape(shape) if inh is not None else None
         if saturation is not None:
             x_exc, x_inh = _saturate(x_exc, saturation.exc), _saturate(x_inh, saturation.inh)
         ctx.save_for_backward(spikes, weight)
@@ -140,12 +145,13 @@ class _Synapses(torch.autograd.Function):
         ge = g_exc.reshape(-1, g_exc.shape[-1]) if g_exc is not None else None
         gi = g_inh.reshape(-1, g_inh.shape[-1]) if g_inh is not None else None
         g_spikes = g_weight = None
+        w_grad = lambda g: spike_events.weight_grad(g, s, ctx.events)
         if ctx.signed:
             # one signed current x = s @ w^T
             if ctx.needs_input_grad[0] and ge is not None:
                 g_spikes = (ge @ weight).reshape(spikes.shape)
             if ctx.needs_input_grad[1] and ge is not None:
-                g_weight = ge.t() @ s
+                g_weight = w_grad(ge)
             return g_spikes, g_weight, None, None, None, None, None, None
         # nominal model: x_exc = s @ relu(w)^T, x_inh = s @ relu(-w)^T with the float weights
         pos = weight >= 0
@@ -153,7 +159,7 @@ class _Synapses(torch.autograd.Function):
             # equal nominal decays make the inhibitory adjoint mirror the excitatory one: then the
             # signed formulas hold and one GEMM per gradient suffices
             g_spikes = (ge @ weight).reshape(spikes.shape) if ctx.needs_input_grad[0] else None
-            g_weight = ge.t() @ s if ctx.needs_input_grad[1] else None
+            g_weight = w_grad(ge) if ctx.needs_input_grad[1] else None
             return g_spikes, g_weight, None, None, None, None, None, None
         if ctx.needs_input_grad[0]:
             g = torch.zeros_like(s)
@@ -165,9 +171,9 @@ class _Synapses(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_weight = torch.zeros_like(weight)
             if ge is not None:
-                g_weight = g_weight + torch.where(pos, ge.t() @ s, 0)
+                g_weight = g_weight + torch.where(pos, w_grad(ge), 0)
             if gi is not None:
-                g_weight = g_weight - torch.where(pos, 0, gi.t() @ s)
+                g_weight = g_weight - torch.where(pos, 0, w_grad(gi))
         return g_spikes, g_weight, None, None, None, None, None, None
 
 

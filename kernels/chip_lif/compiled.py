@@ -26,8 +26,10 @@ def loop_for(device, dtype, recurrent):
     return native.library(SOURCE)
 
 
-def _ptr(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+def _call(fn, *args):
+    """fn(*args) with tensors passed as pointers: the tensors stay referenced here until fn
+    returns (a temporary's memory is freed as soon as nothing holds it)."""
+    fn(*(ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args))
 
 
 def _scalar(dtype):
@@ -35,9 +37,10 @@ def _scalar(dtype):
 
 
 def _noise(sigma, seed, step0, stream, shape, dtype):
-    """[T, B, N] standard normal draws of one stream, step by step as the twin seeds them."""
+    """[T, B, N] normal draws (std sigma) of one stream, step by step as the twin seeds them, in a
+    buffer reused across calls (the loop only reads it)."""
     T = shape[0]
-    out = torch.empty(shape, dtype=dtype)
+    out = _backend.scratch(f"chip_lif.noise{stream}", shape, dtype, "cpu")
     gen = torch.Generator()
     for t in range(T):
         gen.manual_seed(step_seed(seed, step0 + t, stream))
@@ -81,14 +84,13 @@ def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0
         (_backend.alloc((T, B, N), torch.bool, "cpu") if refractory else
          torch.ones(T, B, N, dtype=torch.bool))
     real = _scalar(cdtype)
-    getattr(lib, f"chip_lif_fwd_{DTYPES[cdtype]}")(
-        *(_int64(n) for n in (T, B, N)), _ptr(x_exc), _ptr(x_inh), _ptr(v_leak), _ptr(v_reset),
-        _ptr(v_th), _ptr(a_mem), _ptr(keep_e), _ptr(keep_i), _ptr(ref_steps.contiguous()),
-        _ptr(offset), _ptr(offset_u), *(_int(f) for f in (spiking, refractory, has_inh,
-                                                          config.quantise)),
-        real(config.unit_lsb), real(config.zero_lsb), real(1.0 / config.unit_lsb),
-        real(CADC_MIN), real(CADC_MAX), _ptr(noise_m), _ptr(noise_r), _ptr(v), _ptr(i_e),
-        _ptr(i_i), _ptr(ref), _ptr(z_out), _ptr(u_out), _ptr(free_out if refractory else None))
+    _call(getattr(lib, f"chip_lif_fwd_{DTYPES[cdtype]}"),
+          *(_int64(n) for n in (T, B, N)), x_exc, x_inh, v_leak, v_reset, v_th, a_mem, keep_e,
+          keep_i, ref_steps.to(torch.int32).contiguous(), offset, offset_u,
+          *(_int(f) for f in (spiking, refractory, config.quantise)),
+          real(config.unit_lsb), real(config.zero_lsb), real(1.0 / config.unit_lsb),
+          real(CADC_MIN), real(CADC_MAX), noise_m, noise_r, v, i_e, i_i, ref, z_out, u_out,
+          free_out if refractory else None, torch.empty(N, dtype=cdtype))
     paths.note("loop", "compiled")
     return z_out, u_out, v, i_e, i_i, free_out, ref
 
@@ -110,12 +112,11 @@ def backward(lib, config, g_z, g_u, z, u, free, nom, g_v=None, g_ie=None, g_ii=N
     g_last = torch.empty(B, N, dtype=cdtype)
     cast = lambda t: None if t is None else t.to(cdtype).contiguous()
     real = _scalar(cdtype)
-    getattr(lib, f"chip_lif_bwd_{DTYPES[cdtype]}")(
-        *(_int64(n) for n in (T, B, N)), _ptr(cast(g_z)), _ptr(cast(g_u)), _ptr(z.contiguous()),
-        _ptr(u.contiguous()), _ptr(free.contiguous() if config.spiking else None), _ptr(v_th),
-        _ptr(a_mem), _ptr(keep_m), _ptr(keep_e), _ptr(keep_i), _int(config.spiking),
-        _int(config.surrogate), real(config.alpha), _ptr(lam_v), _ptr(g_exc), _ptr(g_inh),
-        _ptr(g_last))
+    _call(getattr(lib, f"chip_lif_bwd_{DTYPES[cdtype]}"),
+          *(_int64(n) for n in (T, B, N)), cast(g_z), cast(g_u), z.to(cdtype).contiguous(),
+          u.contiguous(), free.to(torch.bool).contiguous() if config.spiking else None, v_th,
+          a_mem, keep_m, keep_e, keep_i, _int(config.surrogate), real(config.alpha), lam_v,
+          g_exc, g_inh, g_last, torch.empty(N, dtype=cdtype), torch.empty(N, dtype=cdtype))
     paths.note("loop", "compiled")
     if not config.has_state:
         return g_exc, g_inh, None, None, None, None

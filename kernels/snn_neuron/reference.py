@@ -17,6 +17,7 @@ th: threshold; g: graded spike factor; r: recurrent input):
 import torch
 
 from .. import surrogate as sg
+from ..backend import scratch as _scratch
 from . import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, RESET_NONE, RESET_SUB, RESET_ZERO
 
 
@@ -74,7 +75,8 @@ def forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, 
                 mem[t] = U1
         U = mem[t]
     if not spikes_in_loop:
-        torch.mul(mem > theta, g, out=spk)
+        torch.mul(torch.gt(mem, theta, out=_scratch("snn.fired", mem.shape, torch.bool,
+                                                    mem.device)), g, out=spk)
     return spk, syn, mem, pre
 
 
@@ -100,21 +102,26 @@ def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alph
     T = mem.shape[0]
     zero_pre = spec.reset == RESET_ZERO and spec.zero_before_decay and not spec.synaptic
     zero_post = spec.reset == RESET_ZERO and not zero_pre
+    # whole-sequence temporaries come from reused buffers (backend.scratch): none leaves here
+    temp = lambda name, dtype=mem.dtype: _scratch(f"snn.{name}", mem.shape, dtype, mem.device)
     u_prev = reset = keep = None
     if need[0] or spec.reset != RESET_NONE:
-        u_prev = torch.cat([u0.unsqueeze(0), mem[:-1]])
+        u_prev = temp("u_prev")
+        u_prev[0] = u0
+        u_prev[1:] = mem[:-1]
     if spec.reset == RESET_ZERO or spec.reset == RESET_SUB and need[2]:
         # the reset signal R of every step; products with R and 1 - R (not masking) keep
         # snntorch's NaN propagation
-        reset = (u_prev > theta).to(mem.dtype)
-        keep = 1 - reset
+        reset = temp("reset").copy_(torch.gt(u_prev, theta, out=temp("fired", torch.bool)))
+        keep = torch.neg(reset, out=temp("keep")).add_(1)       # 1 - R, exactly
     u1 = mem if spec.delay else pre
     # the spike's contribution to d/dU' of every step: g_spk g surrogate(U' - th)
     g_fire = None
     if g_spk is not None:
-        g_fire = sg.grad_(spec.surrogate, spec.surrogate_param, u1 - theta).mul_(g).mul_(g_spk)
+        g_fire = sg.grad_(spec.surrogate, spec.surrogate_param,
+                          torch.sub(u1, theta, out=temp("g_fire"))).mul_(g).mul_(g_spk)
     keep_u1 = need[2] and spec.reset == RESET_SUB or need[0] and (zero_pre or spec.synaptic)
-    g_u1 = torch.empty_like(mem) if keep_u1 else None
+    g_u1 = temp("g_u1") if keep_u1 else None
     g_x = torch.empty_like(mem)
     lam_u = torch.zeros_like(u0)
     lam_i = torch.zeros_like(u0) if spec.synaptic else None
