@@ -121,8 +121,11 @@ class _Synapses(torch.autograd.Function):
         ctx.events = events = spike_events.choose(flat)
         if factor is not None:
             # exc holds integer weight codes: the exact product, then each neuron's factor
-            x = code_product(flat, exc, binary) if events is None else \
-                spike_events.product(flat, events, exc)
+            if events is None:
+                spike_events.paths.note("product", "dense")
+                x = code_product(flat, exc, binary)
+            else:
+                x = spike_events.product(flat, events, exc)
             x = (x * factor).reshape(shape)
             ctx.save_for_backward(spikes, weight)
             ctx.signed, ctx.mirrored = True, mirrored

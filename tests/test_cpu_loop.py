@@ -1,0 +1,165 @@
+"""The chip LIF op's compiled CPU time loop (kernels/chip_lif/cpu_loop.c) against the eager twin
+(reference.py) on awkward shapes: forward bit for bit (noise included: both draw it from the same
+seeded generator), gradients within the tolerance table; the run-time build, its cache, and the
+eager fallback with a one-time notice when no C compiler exists."""
+import time
+import warnings
+
+import pytest
+import torch
+
+import bss2_backend.kernels.chip_lif as op
+from bss2_backend import Chip, LIFLayer, LILayer
+from bss2_backend.kernels import native, paths
+from bss2_backend.kernels.chip_lif import ChipLIFConfig, ChipState, compiled
+from op_testing import TOL, compare
+
+pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture(autouse=True)
+def _poison(poisoned):
+    yield
+
+
+def _case(T, B, N, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda lo, hi: lo + (hi - lo) * torch.rand(N, generator=g, dtype=dtype)
+    par = torch.stack([r(-.1, .1), r(-.3, 0.), r(.85, 1.15), r(.05, .4), r(.1, .6), r(.1, .6)])
+    ref = torch.randint(0, 4, (N,), dtype=torch.int32, generator=g)
+    offset = torch.randn(N, generator=g, dtype=dtype) * 3
+    nom = torch.stack([r(.9, 1.1), r(.05, .3), r(.05, .3), r(.1, .4)])
+    x_exc = (torch.rand(T, B, N, generator=g, dtype=dtype) * 2.5).requires_grad_()
+    x_inh = (torch.rand(T, B, N, generator=g, dtype=dtype) * .8).requires_grad_()
+    cot = torch.randn(2, T, B, N, generator=g, dtype=dtype)
+    return par, ref, offset, nom, x_exc, x_inh, cot
+
+
+def _run(mode, case, config, inh=True, state=None):
+    par, ref, offset, nom, x_exc, x_inh, cot = case
+    x_inh = x_inh if inh else None
+    with native.cpu_loop(mode), paths.collect() as seen:
+        z, u, out = op.chip_lif(x_exc, x_inh, par, ref, offset, nom, config, 11, state=state,
+                                step=3)
+        loss = (u * cot[0]).sum() + (z * cot[1]).sum() + out.v.sum() + out.i_exc.sum()
+        leaves = [x for x in (x_exc, x_inh, *(state or ())) if x is not None and x.requires_grad]
+        grads = torch.autograd.grad(loss, leaves)
+    assert seen["loop"] == {mode}
+    named = {"z": z, "u": u, **{f"state_{k}": v for k, v in out._asdict().items()}}
+    named.update({f"g{i}": g for i, g in enumerate(grads)})
+    return named
+
+
+SHAPES = [(1, 1, 1), (63, 7, 5), (5, 3, 500), (20, 16, 246)]
+
+
+@pytest.mark.parametrize("T, B, N", SHAPES)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("spiking, quantise, noise, inh", [
+    (True, True, 0.0, True), (True, False, 0.0, False), (True, True, 0.8, True),
+    (True, False, 0.8, True), (False, True, 0.5, True), (False, False, 0.0, False)])
+def test_compiled_loop_equals_twin(T, B, N, dtype, spiking, quantise, noise, inh):
+    case = _case(T, B, N, dtype)
+    config = ChipLIFConfig(spiking, quantise, noise, noise, 45.0, 64.0, 1, 50.0, False)
+    eager, comp = (_run(m, case, config, inh) for m in ("eager", "compiled"))
+    tol = TOL["float64"] if dtype == torch.float64 else TOL["grad"]
+    compare(eager, comp, grads=tol, exact=[k for k in eager if not k.startswith("g")])
+
+
+@pytest.mark.parametrize("surrogate", range(8))
+def test_every_surrogate(surrogate):
+    case = _case(12, 3, 40, torch.float64, seed=surrogate)
+    config = ChipLIFConfig(True, False, 0.0, 0.0, 45.0, 64.0, surrogate, 5.0, False)
+    eager, comp = (_run(m, case, config) for m in ("eager", "compiled"))
+    compare(eager, comp, grads=TOL["float64"], exact=("z", "u"))
+
+
+@pytest.mark.parametrize("mirrored", (True, False))
+def test_continued_run_with_state_gradients(mirrored):
+    """A run continued from a given state: the state's gradients too."""
+    case = _case(9, 4, 30, torch.float64, seed=5)
+
+    def state():
+        g = torch.Generator().manual_seed(9)
+        return ChipState(*(torch.rand(4, 30, generator=g, dtype=torch.float64).requires_grad_()
+                           for _ in range(3)),
+                         torch.randint(0, 3, (4, 30), dtype=torch.int32, generator=g),
+                         torch.zeros(4, 30, dtype=torch.float64))
+    config = ChipLIFConfig(True, True, 0.0, 0.0, 45.0, 64.0, 2, 3.0, mirrored)
+    eager = _run("eager", case, config, state=state())
+    comp = _run("compiled", case, config, state=state())
+    compare(eager, comp, grads=TOL["float64"], exact=("z", "u", "state_v", "state_ref"))
+
+
+def test_chip_layers_equal_the_twin_with_noise():
+    """A calibrated chip with noise, quantisation and two synaptic streams, as the layers call it."""
+    spikes = (torch.rand(40, 5, 30, generator=torch.Generator().manual_seed(2)) < 0.1).float()
+    runs = []
+    for mode in ("eager", "compiled"):
+        torch.manual_seed(4)
+        chip = Chip(seed=3)
+        hidden, readout = LIFLayer(chip, 30, 20), LILayer(chip, 20, 4)
+        with native.cpu_loop(mode):
+            z, u = hidden(spikes)
+            out = readout(z)
+            out.square().sum().backward()
+        runs.append({"z": z, "u": u, "out": out, "g_in": hidden.weight.grad,
+                     "g_out": readout.weight.grad})
+    assert runs[0]["z"].sum() > 0
+    compare(runs[0], runs[1], exact=("z", "u", "out"))
+
+
+def test_recurrent_layers_keep_the_twin():
+    x = torch.rand(6, 2, 8)
+    config = ChipLIFConfig(True, False, 0.0, 0.0, 45.0, 64.0, 1, 50.0, False)
+    case = _case(6, 2, 8, torch.float32)
+    w = torch.rand(8, 8) * 0.1
+    with native.cpu_loop("compiled"), paths.collect() as seen:
+        op.chip_lif(x, None, *case[:4], config, 0, recurrence=(w, w, torch.zeros_like(w)))
+    assert seen["loop"] == {"eager"}
+
+
+def test_cold_build_is_cached_and_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("BSS2_CACHE_DIR", str(tmp_path))
+    native.forget()
+    try:
+        start = time.perf_counter()
+        assert native.library(compiled.SOURCE) is not None
+        cold = time.perf_counter() - start
+        built = list((tmp_path / "native").glob("cpu_loop-*.so"))
+        assert len(built) == 1 and cold <= 20.0
+        native.forget()                           # a new process: loads the cached file
+        stamp = built[0].stat().st_mtime_ns
+        assert native.library(compiled.SOURCE) is not None
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        native.forget()
+
+
+def test_without_a_compiler_the_eager_loop_runs_with_one_notice(monkeypatch, tmp_path):
+    monkeypatch.setenv("BSS2_CACHE_DIR", str(tmp_path))      # nothing cached to load
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    native.forget()
+    case = _case(8, 3, 10, torch.float32)
+    config = ChipLIFConfig(True, True, 0.0, 0.0, 45.0, 64.0, 1, 50.0, False)
+    try:
+        with pytest.warns(native.NativeNotice, match="no C compiler"):
+            with native.cpu_loop("auto"), paths.collect() as seen:
+                z, u, _ = op.chip_lif(case[4], case[5], *case[:4], config, 0)
+        assert seen["loop"] == {"eager"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                   # said once only
+            with native.cpu_loop("auto"):
+                z2, u2, _ = op.chip_lif(case[4], case[5], *case[:4], config, 0)
+        with native.cpu_loop("eager"):
+            z_ref, u_ref, _ = op.chip_lif(case[4], case[5], *case[:4], config, 0)
+        assert torch.equal(z, z_ref) and torch.equal(u, u_ref) and torch.equal(u2, u_ref)
+        with native.cpu_loop("compiled"), pytest.raises(RuntimeError, match="no C compiler"):
+            op.chip_lif(case[4], case[5], *case[:4], config, 0)
+    finally:
+        native.forget()
+
+
+def test_loop_mode_is_validated():
+    with pytest.raises(ValueError, match="cpu_loop must be one of"):
+        native.cpu_loop("fast")
