@@ -123,7 +123,8 @@ def plot_sweep(rows, path):
     """Test accuracy against hidden spikes per sample, one point per regularisation (Fig. 3E)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot([r["spikes_per_sample"] for r in rows], [r["test_accuracy"] for r in rows],
+    by_spikes = sorted(rows, key=lambda r: r["spikes_per_sample"])
+    ax.plot([r["spikes_per_sample"] for r in by_spikes], [r["test_accuracy"] for r in by_spikes],
             marker="o")
     for r in rows:
         ax.annotate(f"{r['reg']:g}", (r["spikes_per_sample"], r["test_accuracy"]), fontsize=7,
