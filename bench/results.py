@@ -30,8 +30,8 @@ def prepare(out_dir=None):
                 header = tuple(next(csv.reader(f), ()))
             with csv_path.open("a"):
                 pass
-            if header == PREVIOUS_COLUMNS:
-                header = COLUMNS           # gains the precision column when appended to
+            if header in LEGACY_HEADERS:
+                header = COLUMNS           # gains the newer columns when appended to
         except OSError as e:
             raise OutputError(f"--out {out_dir}: {csv_path} cannot be appended to "
                               f"({e.strerror or e})") from None
@@ -47,19 +47,25 @@ COLUMNS = (
     "gbytes", "gb_per_s", "floor_gb_per_s", "floor_fraction", "floor_source",
     "gflop", "gflop_per_s", "speedup_vs_snntorch",
     "correctness", "correctness_detail", "status", "host_load", "note",
+    "product", "loop", "input_density", "hidden_density",
 )
+# what ran (synaptic product dense | events, CPU time loop eager | compiled) and the measured
+# spike densities: added later, empty in older rows
+PATH_COLUMNS = ("product", "loop", "input_density", "hidden_density")
 
 
 # the columns before "precision" was recorded: such a CSV gains the column (empty for its rows)
-PREVIOUS_COLUMNS = tuple(c for c in COLUMNS if c != "precision")
+PREVIOUS_COLUMNS = tuple(c for c in COLUMNS if c != "precision" and c not in PATH_COLUMNS)
+# headers of older CSVs, upgraded to COLUMNS when appended to
+LEGACY_HEADERS = (PREVIOUS_COLUMNS, tuple(c for c in COLUMNS if c not in PATH_COLUMNS))
 
 
 def _upgrade(path):
-    """Rewrite a CSV with PREVIOUS_COLUMNS to COLUMNS (returns the header it has now)."""
+    """Rewrite a CSV with one of LEGACY_HEADERS to COLUMNS (returns the header it has now)."""
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = tuple(next(reader, ()))
-        if header != PREVIOUS_COLUMNS:
+        if header not in LEGACY_HEADERS:
             return header
         rows = [dict(zip(header, r)) for r in reader]
     tmp = path.with_name(path.name + ".tmp")

@@ -17,6 +17,7 @@ import torch
 
 import bss2_backend
 from bss2_backend.dynamics import resolve_backend
+from bss2_backend.kernels import paths
 from bss2_backend.validation import resolve_device
 
 from . import impls as impl_registry
@@ -171,6 +172,8 @@ def run_workload(w, impls, device, dev, env, options, say):
                      for m in options.modes]
     fns = {(impl.name, mode): _callable(net, x, labels, mode, impl.graph, device)
            for impl, _, net in ready for mode in options.modes}
+    ran = {key: _paths_of(fn, net, x) for (impl, _, net) in ready for key, fn in fns.items()
+           if key[0] == impl.name}
     timings = timing.bench(fns, device, **_budget(options, device))
     load = timing.host_load()
     for impl, verdict, _ in ready:
@@ -181,13 +184,36 @@ def run_workload(w, impls, device, dev, env, options, say):
                                  note=f"timing failed: {type(t).__name__}: {t}", **verdict))
             else:
                 rows.append(_timed_row(t, wl, size, impl, mode, dev, env, host_load=load,
-                                       **verdict))
+                                       **verdict, **ran[(impl.name, mode)]))
     del ready, fns
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _speedups(rows, {i.name for i in mine if i.baseline})
     return rows
+
+
+def _density(t):
+    return float(t.count_nonzero()) / max(t.numel(), 1)
+
+
+def _paths_of(fn, net, x):
+    """One untimed call of fn (it also warms up: a first use builds the C loop): which product
+    path and CPU loop our ops noted (empty for implementations that are not ours), and the
+    measured spike densities of the input and of the net's first spiking output."""
+    if isinstance(fn, Exception):
+        return {}
+    try:
+        with paths.collect() as seen:
+            fn()
+        with torch.no_grad():
+            out = net(x)
+        z = out[0] if isinstance(out, tuple) else out
+        hidden = _density(z) if isinstance(z, torch.Tensor) else ""
+    except Exception:  # noqa: BLE001  the timing records the failure
+        return {}
+    return {"product": paths.describe(seen, "product", ""), "loop": paths.describe(seen, "loop", ""),
+            "input_density": _density(x), "hidden_density": hidden}
 
 
 def _timed_row(t, w, size, impl, mode, dev, env, **extra):
@@ -241,7 +267,8 @@ def header(device, dev, env, options):
 
 def format_table(rows):
     head = (f"{'workload':8s} {'impl':22s} {'mode':7s} {'median ms':>10s} {'q20-q80 ms':>17s} "
-            f"{'samples/s':>10s} {'GB/s':>7s} {'floor':>6s} {'GFLOP/s':>8s} {'vs snntorch':>12s}  check")
+            f"{'samples/s':>10s} {'GB/s':>7s} {'floor':>6s} {'GFLOP/s':>8s} {'vs snntorch':>12s}  "
+            f"{'product/loop':15s} {'density in/hidden':17s}  check")
     out = [head, "-" * len(head)]
     for r in rows:
         if r["status"] != "ok":
@@ -255,8 +282,18 @@ def format_table(rows):
         out.append(f"{r['workload']:8s} {r['impl']:22s} {r['mode']:7s} {r['median_ms']:10.3f} "
                    f"{r['q20_ms']:8.3f}-{r['q80_ms']:<8.3f} {r['samples_per_s']:10.0f} "
                    f"{r['gb_per_s']:7.2f} {100 * r['floor_fraction']:5.1f}% "
-                   f"{r['gflop_per_s']:8.1f} {speed:>12s}  {r['correctness']}")
+                   f"{r['gflop_per_s']:8.1f} {speed:>12s}  {_ran(r):15s} {_densities(r):17s}  "
+                   f"{r['correctness']}")
     return "\n".join(out)
+
+
+def _ran(row):
+    return f"{row.get('product') or '-'}/{row.get('loop') or '-'}"
+
+
+def _densities(row):
+    d = [row.get("input_density", ""), row.get("hidden_density", "")]
+    return "/".join(f"{100 * v:.2f}%" if isinstance(v, float) else "-" for v in d)
 
 
 def run(options=None, impls=None, say=print):

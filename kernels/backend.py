@@ -39,11 +39,13 @@ def next_pow2(n):
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-# Temporaries of the CPU twins, kept across calls: a fresh [T, B, N] buffer of tens of MB is
-# mapped by glibc and page-faulted in on every call (measured: ~45,700 minor faults per step of
-# forward_pass), which costs more than the arithmetic that fills it. Only buffers that never leave
-# the op (not returned, not saved for backward) come from here; one per name and thread.
+# Whole-sequence buffers of the CPU paths, kept across calls: a fresh [T, B, N] buffer of tens of
+# MB is mapped by glibc and page-faulted in on every call (the issue measured ~45,700 minor faults
+# per step of forward_pass; here the C loop's forward took 60 ms with fresh outputs, 23 ms
+# without), which costs more than the arithmetic that fills it. Per thread and name.
 SCRATCH_MAX_BYTES = 256 * 2**20
+OUTPUTS_PER_NAME = 4
+reuse_outputs = True            # tests that NaN-poison fresh outputs turn reuse off
 _scratch = threading.local()
 
 
@@ -60,3 +62,28 @@ def scratch(name, shape, dtype, device):
     if buf is None or buf.dtype != dtype or buf.numel() < numel:
         buf = pool[name] = torch.empty(numel, dtype=dtype)
     return buf[:numel].view(shape)
+
+
+def output(name, shape, dtype, device):
+    """An output buffer (uninitialised) that may leave the op (returned, saved for backward): on the
+    CPU one of up to OUTPUTS_PER_NAME buffers kept for `name`, taken only when nothing else holds
+    its memory any more (no tensor, view or autograd record shares its storage); else alloc()."""
+    numel = math.prod(shape)
+    device = torch.device(device)
+    if not reuse_outputs or device.type != "cpu" or \
+            numel * torch.empty(0, dtype=dtype).element_size() > SCRATCH_MAX_BYTES:
+        return alloc(shape, dtype, device)
+    pool = _scratch.__dict__.setdefault("outputs", {}).setdefault(name, [])
+    for buf in pool:
+        if buf.dtype == dtype and buf.numel() >= numel and _unshared(buf):
+            # a view: every tensor handed out shares (and so counts on) the buffer's storage
+            return buf[:numel].view(shape)
+    buf = torch.empty(numel, dtype=dtype)
+    if len(pool) < OUTPUTS_PER_NAME:
+        pool.append(buf)
+    return buf.view(shape)
+
+
+def _unshared(buf):
+    # the storage's users: `buf` itself and the temporary storage object of this call
+    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata) == 2

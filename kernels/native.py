@@ -22,7 +22,8 @@ from pathlib import Path
 
 CPU_LOOPS = ("auto", "compiled", "eager")
 # no FMA contraction (bit-equality with the twin); the host's vector units (the cache key holds it)
-CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+          "-shared", "-fPIC")
 _mode = [os.environ.get("BSS2_CPU_LOOP", "auto")]
 _libraries = {}
 _noticed = set()

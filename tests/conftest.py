@@ -33,6 +33,7 @@ def poisoned(monkeypatch):
         t = torch.empty(shape, dtype=dtype, device=device)
         return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(255)
     monkeypatch.setattr(backend, "alloc", alloc)
+    monkeypatch.setattr(backend, "reuse_outputs", False)     # every output fresh, so poisoned
 
 
 @pytest.fixture(autouse=True)

@@ -77,12 +77,12 @@ def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0
     i_i = state(ii0, lambda: torch.zeros(B, N, dtype=cdtype))
     ref = torch.zeros(B, N, dtype=torch.int32) if ref0 is None else \
         ref0.to(torch.int32).contiguous().clone()
-    u_out = _backend.alloc((T, B, N), cdtype, "cpu")
-    z_out = _backend.alloc((T, B, N), cdtype, "cpu") if spiking else \
+    u_out = _backend.output("chip_lif.u", (T, B, N), cdtype, "cpu")
+    z_out = _backend.output("chip_lif.z", (T, B, N), cdtype, "cpu") if spiking else \
         torch.zeros(T, B, N, dtype=cdtype)
     free_out = torch.empty(0, dtype=torch.bool) if not spiking else \
-        (_backend.alloc((T, B, N), torch.bool, "cpu") if refractory else
-         torch.ones(T, B, N, dtype=torch.bool))
+        (_backend.output("chip_lif.free", (T, B, N), torch.bool, "cpu") if refractory else
+         _backend.output("chip_lif.free", (T, B, N), torch.bool, "cpu").fill_(True))
     real = _scalar(cdtype)
     _call(getattr(lib, f"chip_lif_fwd_{DTYPES[cdtype]}"),
           *(_int64(n) for n in (T, B, N)), x_exc, x_inh, v_leak, v_reset, v_th, a_mem, keep_e,
@@ -102,8 +102,8 @@ def backward(lib, config, g_z, g_u, z, u, free, nom, g_v=None, g_ie=None, g_ii=N
     v_th, a_mem, a_syn_exc, a_syn_inh = (r.contiguous() for r in nom.to(cdtype))
     keep_m, keep_e, keep_i = ((1.0 - a).contiguous() for a in (a_mem, a_syn_exc, a_syn_inh))
     own_inh = config.has_inh and not config.mirrored
-    g_exc = _backend.alloc((T, B, N), cdtype, "cpu")
-    g_inh = _backend.alloc((T, B, N), cdtype, "cpu") if own_inh else None
+    g_exc = _backend.output("chip_lif.g_exc", (T, B, N), cdtype, "cpu")
+    g_inh = _backend.output("chip_lif.g_inh", (T, B, N), cdtype, "cpu") if own_inh else None
     _start(g_exc[T - 1], g_ie)
     if own_inh:
         _start(g_inh[T - 1], g_ii)

@@ -3,9 +3,10 @@
  *
  * Built at run time by kernels/native.py with -ffp-contract=off: no a*b+c is contracted into an
  * FMA, so with the same inputs (noise drawn by the host, as the twin draws it) the forward equals
- * the twin bit for bit. Layout: time-major [T, B, N], contiguous; per-neuron vectors [N]. One row
- * b at a time runs all T steps, so its state ([N] per variable) stays in L1 and the inner loop
- * over n vectorises. Each function is defined for float (_f32) and double (_f64). */
+ * the twin bit for bit. Layout: time-major [T, B, N], contiguous; per-neuron vectors [N]. Steps
+ * run in time order over all rows, so the [T, B, N] arrays stream through memory in order while
+ * the [B, N] state stays in L2; the inner loops over n vectorise. Each function is defined for
+ * float (_f32) and double (_f64). */
 #include <math.h>
 #include <stdint.h>
 
@@ -29,10 +30,11 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
                         real *restrict i_i, int32_t *restrict ref, real *restrict z_out,           \
                         real *restrict u_out, uint8_t *restrict free_out, real *restrict vt)       \
 {                                                                                                  \
-    for (int64_t b = 0; b < B; ++b) {                                                              \
-        real *restrict vb = v + b * N, *restrict ieb = i_e + b * N, *restrict iib = i_i + b * N;   \
-        int32_t *restrict rb = ref + b * N;                                                        \
-        for (int64_t t = 0; t < T; ++t) {                                                          \
+    for (int64_t t = 0; t < T; ++t) {                                                              \
+        for (int64_t b = 0; b < B; ++b) {                                                          \
+            real *restrict vb = v + b * N, *restrict ieb = i_e + b * N;                            \
+            real *restrict iib = i_i + b * N;                                                      \
+            int32_t *restrict rb = ref + b * N;                                                    \
             const int64_t o = (t * B + b) * N;                                                     \
             real *restrict u = u_out + o;                                                          \
             if (x_inh) {                                                                           \
@@ -152,9 +154,9 @@ void chip_lif_bwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict g_
                         real *restrict g_last, real *restrict g, real *restrict s)                 \
 {                                                                                                  \
     const int64_t BN = B * N;                                                                      \
-    for (int64_t b = 0; b < B; ++b) {                                                              \
-        real *restrict lv = lam_v + b * N;                                                         \
-        for (int64_t t = T - 1; t >= 0; --t) {                                                     \
+    for (int64_t t = T - 1; t >= 0; --t) {                                                         \
+        for (int64_t b = 0; b < B; ++b) {                                                          \
+            real *restrict lv = lam_v + b * N;                                                     \
             const int64_t o = (t * B + b) * N;                                                     \
             if (g_u) {                                                                             \
                 for (int64_t n = 0; n < N; ++n) g[n] = g_u[o + n];                                 \

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 
 from .. import backend as _backend
+from .. import paths
 from .. import surrogate as sg
 from ..op import FusedOp
 
@@ -57,6 +58,8 @@ def _none_if_empty(t):
 
 
 def _forward(spec, impl, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias):
+    if impl == "torch" and x.device.type == "cpu":
+        paths.note("loop", "eager")
     spk, syn, mem, pre = _impl(impl).forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v, w,
                                              bias)
     return spk, x.new_empty(0) if syn is None else syn, mem, x.new_empty(0) if pre is None else pre
