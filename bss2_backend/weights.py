@@ -19,7 +19,7 @@ import torch
 
 from . import constants as C
 from .kernels import events as spike_events
-from .validation import check_number, check_tensor
+from .validation import check_number, check_tensor, checks_values
 
 
 def round_half_away(x):
@@ -118,7 +118,8 @@ class _Synapses(torch.autograd.Function):
         flat = spikes.reshape(-1, spikes.shape[-1])
         shape = (*spikes.shape[:-1], -1)
         # sparse presynaptic spikes on a CPU: both products and the weight gradient from events
-        ctx.events = events = spike_events.choose(flat)
+        # (decided by a count, so only where the value-check policy lets the host read tensors)
+        ctx.events = events = spike_events.choose(flat, checks_values(flat))
         if factor is not None:
             # exc holds integer weight codes: the exact product, then each neuron's factor
             if events is None:

@@ -73,12 +73,14 @@ def events_of(flat):
     return Events(offsets, rows, cols, values, (M, K))
 
 
-def choose(flat):
+def choose(flat, may_read=True):
     """Events of `flat` when the product should use them, else None (dense). Measured per call
-    on the CPU ("auto"); never on CUDA unless asked for."""
+    on the CPU ("auto"); never on CUDA unless asked for. may_read=False: the caller's hot path
+    must read no tensor value on the host (bss2_backend's value-check policy off, as on a GPU and
+    for steps meant for capture): auto keeps the dense product without counting."""
     mode = _product[0]
     # traced code cannot branch on a count (data-dependent): compiled graphs keep the GEMM
-    if mode == "dense" or torch.compiler.is_compiling():
+    if mode == "dense" or torch.compiler.is_compiling() or (mode == "auto" and not may_read):
         return None
     if flat.device.type != "cpu":
         if mode == "events":
@@ -139,11 +141,11 @@ class _SpikeLinear(torch.autograd.Function):
         return g_x, g_w, g_b, None
 
 
-def spike_linear(x, weight, bias=None):
+def spike_linear(x, weight, bias=None, may_read=True):
     """F.linear(x, weight, bias) for x [..., K] of mostly-zero presynaptic activity: from its
     events where product_path allows and the measured density is low (module docstring), else
     F.linear itself (unchanged results). The weight gradient comes from the same events."""
-    events = choose(x.reshape(-1, x.shape[-1]))
+    events = choose(x.reshape(-1, x.shape[-1]), may_read)
     if events is None:
         paths.note("product", "dense")
         return F.linear(x, weight, bias)

@@ -1,10 +1,11 @@
 """C time loops for the CPU path: built once with the system's C compiler, cached, loaded by ctypes.
 
-Why C and not torch.compile: measured on this project's 2-core CPU (1 thread), Inductor's code for
-one neuron step called from the Python loop ran slower than the eager twin (84 vs 58 ms for
-T = 100, B = 256, N = 246: the compiled call's own overhead per step exceeds the fused work), and
-compiling the whole loop unrolls T (minutes at T = 100, again per T). A plain C loop over T needs
-no torch headers: it compiles in well under a second and runs at the speed of the arithmetic.
+Why C and not torch.compile: measured on this project's 2-core CPU (1 thread, shared), for a LIF
+step at T = 100, B = 256, N = 246: Inductor's code for one step, called from the Python loop, ran
+slower than the eager loop (84 vs 58 ms: the compiled call's own overhead per step exceeds the
+fused work); compiling the whole loop unrolled T (58 s to compile, forward only, again for every
+T) and then ran at 1108 ms per call. A plain C loop over T needs no torch headers: it compiled in
+2.8 s wall (1.2 s CPU) on the loaded machine and runs at the speed of the arithmetic.
 
 Which loop runs is explicit (`cpu_loop`): "auto" (compiled when a C compiler works, else the
 eager twin, with a one-time notice), "compiled" (refused with a clear error when it cannot be

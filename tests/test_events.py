@@ -86,6 +86,8 @@ def test_auto_chooses_by_measured_density():
         assert ev.choose(dense) is not None
     with ev.product_path("dense"):
         assert ev.choose(sparse) is None
+    # a hot path that must not read values on the host (value checks off): no count, dense
+    assert ev.choose(sparse, may_read=False) is None
 
 
 def test_non_cpu_tensors_keep_the_dense_product_without_a_count():

@@ -22,12 +22,13 @@ HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__",
 
 
 def _in_cpu_twin():
-    """Whether the caller is the ops' CPU twin (kernels/*/reference.py): it reads its seed and a
-    flag on the host by design; on a GPU the Triton kernels run instead and read nothing."""
+    """Whether the caller is the ops' CPU path (kernels/*/reference.py, the twin, or
+    kernels/*/compiled.py, its compiled loop): it reads its seed and a flag on the host by design;
+    on a GPU the Triton kernels run instead and read nothing."""
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename.replace("\\", "/")
-        if "/kernels/" in path and path.endswith("/reference.py"):
+        if "/kernels/" in path and path.endswith(("/reference.py", "/compiled.py")):
             return True
         frame = frame.f_back
     return False

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bss2_backend.kernels.events import spike_linear
-from bss2_backend.validation import check_allocation, check_finite, check_tensor
+from bss2_backend.validation import check_allocation, check_finite, check_tensor, checks_values
 from bss2_backend.population import Chips, mark_population, per_chip_input
 from bss2_backend.weights import are_spikes, mark_spikes
 
@@ -238,7 +238,8 @@ def _fused_pass(net, seq, num_steps, x, static):
             if static:
                 x, static = x.expand(num_steps, *x.shape), False
             # a plain Linear over all steps: from the spike events where they are sparse (CPU)
-            x = spike_linear(x, m.weight, m.bias) if type(m) is nn.Linear else _merge(m, x)
+            x = spike_linear(x, m.weight, m.bias, checks_values(x)) if type(m) is nn.Linear \
+                else _merge(m, x)
     return out
 
 

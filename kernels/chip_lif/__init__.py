@@ -152,9 +152,17 @@ def _gradients(ctx, config, results):
         None if t is None or t.numel() == 0 else t for t in results)
     g_x_inh = None
     if ctx.dtypes[1] is not None:
-        g_x_inh = (-g_exc if g_inh is None else g_inh).to(ctx.dtypes[1])
+        g_x_inh = (_negated(g_exc) if g_inh is None else g_inh).to(ctx.dtypes[1])
     return (g_exc.to(ctx.dtypes[0]), g_x_inh, None, None, None, None, g_w, None, None, None, None,
             g_v0, g_ie0, g_ii0, None, g_z0)
+
+
+def _negated(g):
+    """-g: on the CPU in eager mode a lazy negated view (its consumer, the synapses' mirrored
+    backward, never reads it: a [T, B, N] negation saved), else computed."""
+    if g.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch._neg_view(g)
+    return -g
 
 
 def recurrent_weight_grad(g_exc, g_inh, z, w_rec, z0=None):

@@ -2,8 +2,10 @@
 as reference.forward / backward, for layers without recurrence (recurrent layers keep the twin,
 whose per-step GEMMs BLAS does better than a plain C loop).
 
-The noise is drawn here exactly as the twin draws it (one torch.Generator per stream, seeded per
-step), into [T, B, N] buffers the loop reads: noisy runs equal the twin's bit for bit too.
+The loop draws its noise itself (a counter-based generator keyed per step, cpu_loop.c): noise-free
+runs equal the twin bit for bit; noisy runs equal it in law (the twin's torch.Generator per step
+cost more than the rest of the forward), and a run computed in pieces equals the run computed
+whole, as for the twin and the Triton kernels.
 """
 import ctypes
 from pathlib import Path
@@ -36,16 +38,16 @@ def _scalar(dtype):
     return ctypes.c_float if dtype == torch.float32 else ctypes.c_double
 
 
-def _noise(sigma, seed, step0, stream, shape, dtype):
-    """[T, B, N] normal draws (std sigma) of one stream, step by step as the twin seeds them, in a
-    buffer reused across calls (the loop only reads it)."""
-    T = shape[0]
-    out = _backend.scratch(f"chip_lif.noise{stream}", shape, dtype, "cpu")
-    gen = torch.Generator()
+def _keys(seed, step0, T):
+    """[T, 3] int32: the generator's keys of each step (three 32-bit words from the twin's step
+    mix of seed and step, stream 2)."""
+    words = []
     for t in range(T):
-        gen.manual_seed(step_seed(seed, step0 + t, stream))
-        torch.randn(shape[1:], generator=gen, out=out[t])
-    return out.mul_(sigma)
+        k = step_seed(seed, step0 + t, 2)
+        lo, hi = k & 0xFFFFFFFF, k >> 32
+        words += [lo, hi, (lo * 0x9E3779B9 + hi) & 0xFFFFFFFF]
+    signed = [w - (1 << 32) if w >= 1 << 31 else w for w in words]
+    return torch.tensor(signed, dtype=torch.int32).reshape(T, 3)
 
 
 def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0=None, ie0=None,
@@ -63,14 +65,9 @@ def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0
     has_inh = x_inh is not None
     x_exc = x_exc.to(cdtype).contiguous()
     x_inh = x_inh.to(cdtype).contiguous() if has_inh else None
-    noise_m = noise_r = None
-    if config.membrane_noise_lsb > 0:
-        noise_m = _noise(config.membrane_noise_lsb / config.unit_lsb, seed, step0, 0, (T, B, N),
-                         cdtype)
-    if config.readout_noise_lsb > 0:
-        noise_r = _noise(config.readout_noise_lsb, seed, step0, 1, (T, B, N), cdtype)
-        if not config.quantise:
-            noise_r.mul_(1.0 / config.unit_lsb)
+    noisy = config.membrane_noise_lsb > 0 or config.readout_noise_lsb > 0
+    keys = _keys(seed, step0, T) if noisy else None
+    sigma_r = config.readout_noise_lsb / (1.0 if config.quantise else config.unit_lsb)
     state = lambda t, default: default() if t is None else t.to(cdtype).contiguous().clone()
     v = state(v0, lambda: v_leak.expand(B, N).contiguous())
     i_e = state(ie0, lambda: torch.zeros(B, N, dtype=cdtype))
@@ -89,8 +86,9 @@ def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0
           keep_i, ref_steps.to(torch.int32).contiguous(), offset, offset_u,
           *(_int(f) for f in (spiking, refractory, config.quantise)),
           real(config.unit_lsb), real(config.zero_lsb), real(1.0 / config.unit_lsb),
-          real(CADC_MIN), real(CADC_MAX), noise_m, noise_r, v, i_e, i_i, ref, z_out, u_out,
-          free_out if refractory else None, torch.empty(N, dtype=cdtype))
+          real(CADC_MIN), real(CADC_MAX), keys, real(config.membrane_noise_lsb / config.unit_lsb),
+          real(sigma_r), v, i_e, i_i, ref, z_out, u_out, free_out if refractory else None,
+          torch.empty(N, dtype=cdtype), torch.empty(N), torch.empty(N))
     paths.note("loop", "compiled")
     return z_out, u_out, v, i_e, i_i, free_out, ref
 

@@ -2,22 +2,83 @@
  * operation by operation in its order, without recurrence (the recurrent layers keep the twin).
  *
  * Built at run time by kernels/native.py with -ffp-contract=off: no a*b+c is contracted into an
- * FMA, so with the same inputs (noise drawn by the host, as the twin draws it) the forward equals
- * the twin bit for bit. Layout: time-major [T, B, N], contiguous; per-neuron vectors [N]. Steps
+ * FMA, so with the same inputs and noise off the forward equals the twin bit for bit (the noise
+ * is drawn here by its own generator: equal to the twin's in law, not sample by sample). Layout: time-major [T, B, N], contiguous; per-neuron vectors [N]. Steps
  * run in time order over all rows, so the [T, B, N] arrays stream through memory in order while
  * the [B, N] state stays in L2; the inner loops over n vectorise. Each function is defined for
  * float (_f32) and double (_f64). */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { ZERO, SUPERSPIKE, ATAN, SIGMOID, STRAIGHT_THROUGH, TRIANGULAR, SNNTORCH_SIGMOID,
        SNNTORCH_TRIANGULAR };
 
+/* Counter-based Gaussian pairs: element i of a step whose keys are k[0..2] (from the run's seed
+ * and the step: the noise of a step depends on (seed, step, element) only, so a run computed in
+ * pieces equals the run computed whole). Two 32-bit hashes of the element's counter give two
+ * uniforms; Box-Muller turns them into two independent normals, z0 for the membrane and z1 for
+ * the readout. log, sin and cos are short polynomials (float accuracy) written out so the loop
+ * over n vectorises: the draws cost a few ns per element, torch.randn about as much per draw. */
+static inline uint32_t mix32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x85ebca6bu;
+    x ^= x >> 13;
+    x *= 0xc2b2ae35u;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline float as_float(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+/* ln(u) for u in (0, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh((m-1)/(m+1)) */
+static inline float log_unit(float u)
+{
+    uint32_t b;
+    memcpy(&b, &u, sizeof b);
+    float e = (float)((int32_t)(b >> 23) - 127);
+    float m = as_float((b & 0x7fffffu) | 0x3f800000u);
+    const int big = m > 1.41421356f;
+    m = big ? m * 0.5f : m;
+    e = big ? e + 1.0f : e;
+    const float t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+    const float p = 1.0f + t2 * (1.0f / 3 + t2 * (1.0f / 5 + t2 * (1.0f / 7 + t2 * (1.0f / 9))));
+    return e * 0.69314718f + 2.0f * t * p;
+}
+
+static void normal_pairs(const uint32_t *k, int64_t i0, int64_t N, float *restrict z0,
+                         float *restrict z1)
+{
+    for (int64_t n = 0; n < N; ++n) {
+        const uint32_t x = mix32((uint32_t)(i0 + n) ^ k[0]);
+        const uint32_t h1 = mix32(x + k[1]), h2 = mix32(x ^ k[2]);
+        const float u1 = (float)((h1 >> 8) + 1) * 0x1p-24f;              /* (0, 1] */
+        const float r = sqrtf(-2.0f * log_unit(u1));
+        /* angle: quadrant from the top two bits, plus th in [-pi/4, pi/4) */
+        const float th = ((float)((h2 >> 6) & 0xffffffu) * 0x1p-24f - 0.5f) * 1.57079633f;
+        const float q = th * th;
+        const float sn = th * (1.0f - q / 6 * (1.0f - q / 20 * (1.0f - q / 42 * (1.0f - q / 72))));
+        const float cs = 1.0f - q / 2 * (1.0f - q / 12 * (1.0f - q / 30 * (1.0f - q / 56)));
+        const uint32_t quad = h2 >> 30;
+        const float c = quad == 0 ? cs : quad == 1 ? -sn : quad == 2 ? -cs : sn;
+        const float s = quad == 0 ? sn : quad == 1 ? cs : quad == 2 ? -sn : -cs;
+        z0[n] = r * c;
+        z1[n] = r * s;
+    }
+}
+
 #define DEFINE_LOOP(real, SUF, FLOOR, FABS, EXP)                                                  \
-/* noise_m: membrane noise already times sigma (twin: randn(...).mul_(sigma_m)); noise_r: readout \
- * noise as read_ adds it (LSB when quantising, model units otherwise). Either may be NULL, and     \
- * x_inh (no inhibitory current). Each step of a row runs as passes over n with the options        \
- * tested outside them, so every pass is a branch-free loop the compiler vectorises. */            \
+/* keys: [T, 3] noise keys per step (NULL: no noise); sigma_m: membrane noise (model units),       \
+ * sigma_r: readout noise as read_ adds it (LSB when quantising, model units otherwise). x_inh may  \
+ * be NULL (no inhibitory current). Each step of a row runs as passes over n with the options      \
+ * tested outside them, so every pass is a branch-free loop the compiler vectorises. vt, nm, nr:   \
+ * [N] scratch. */                                                                                 \
 void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_exc,               \
                         const real *restrict x_inh, const real *restrict v_leak,                   \
                         const real *restrict v_reset, const real *restrict v_th,                   \
@@ -25,10 +86,11 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
                         const real *restrict keep_i, const int32_t *restrict ref_steps,            \
                         const real *restrict offset, const real *restrict offset_u, int spiking,   \
                         int refractory, int quantise, real unit, real zero, real inv_unit,         \
-                        real code_min, real code_max, const real *restrict noise_m,                \
-                        const real *restrict noise_r, real *restrict v, real *restrict i_e,        \
+                        real code_min, real code_max, const uint32_t *restrict keys,               \
+                        real sigma_m, real sigma_r, real *restrict v, real *restrict i_e,          \
                         real *restrict i_i, int32_t *restrict ref, real *restrict z_out,           \
-                        real *restrict u_out, uint8_t *restrict free_out, real *restrict vt)       \
+                        real *restrict u_out, uint8_t *restrict free_out, real *restrict vt,       \
+                        float *restrict nm, float *restrict nr)                                    \
 {                                                                                                  \
     for (int64_t t = 0; t < T; ++t) {                                                              \
         for (int64_t b = 0; b < B; ++b) {                                                          \
@@ -37,6 +99,7 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
             int32_t *restrict rb = ref + b * N;                                                    \
             const int64_t o = (t * B + b) * N;                                                     \
             real *restrict u = u_out + o;                                                          \
+            if (keys) normal_pairs(keys + 3 * t, b * N, N, nm, nr);                                \
             if (x_inh) {                                                                           \
                 for (int64_t n = 0; n < N; ++n)                                                    \
                     vt[n] = vb[n] + ((v_leak[n] - vb[n]) + (ieb[n] - iib[n])) * a_mem[n];          \
@@ -44,8 +107,8 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
                 for (int64_t n = 0; n < N; ++n)                                                    \
                     vt[n] = vb[n] + ((v_leak[n] - vb[n]) + ieb[n]) * a_mem[n];                     \
             }                                                                                      \
-            if (noise_m)                                                                           \
-                for (int64_t n = 0; n < N; ++n) vt[n] = vt[n] + noise_m[o + n];                    \
+            if (keys && sigma_m != 0)                                                              \
+                for (int64_t n = 0; n < N; ++n) vt[n] = vt[n] + (real)nm[n] * sigma_m;             \
             for (int64_t n = 0; n < N; ++n) ieb[n] = ieb[n] * keep_e[n] + x_exc[o + n];            \
             if (x_inh)                                                                             \
                 for (int64_t n = 0; n < N; ++n) iib[n] = iib[n] * keep_i[n] + x_inh[o + n];        \
@@ -58,8 +121,8 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
             }                                                                                      \
             if (quantise) {                                                                        \
                 for (int64_t n = 0; n < N; ++n) u[n] = (vt[n] * unit + zero) + offset[n];          \
-                if (noise_r)                                                                       \
-                    for (int64_t n = 0; n < N; ++n) u[n] = u[n] + noise_r[o + n];                  \
+                if (keys && sigma_r != 0)                                                          \
+                    for (int64_t n = 0; n < N; ++n) u[n] = u[n] + (real)nr[n] * sigma_r;           \
                 for (int64_t n = 0; n < N; ++n) {                                                  \
                     real c = FLOOR(u[n] + (real)0.5);                                              \
                     c = c < code_min ? code_min : c;                                               \
@@ -68,8 +131,8 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
                 }                                                                                  \
             } else {                                                                               \
                 for (int64_t n = 0; n < N; ++n) u[n] = vt[n] + offset_u[n];                        \
-                if (noise_r)                                                                       \
-                    for (int64_t n = 0; n < N; ++n) u[n] = u[n] + noise_r[o + n];                  \
+                if (keys && sigma_r != 0)                                                          \
+                    for (int64_t n = 0; n < N; ++n) u[n] = u[n] + (real)nr[n] * sigma_r;           \
             }                                                                                      \
             if (!spiking) {                                                                        \
                 for (int64_t n = 0; n < N; ++n) vb[n] = vt[n];                                     \
