@@ -46,19 +46,13 @@ def register(subparsers):
                     help="--nir: the graph's time base (default: its metadata's, else nir)")
     ev.add_argument("--steps", type=integer(3, 100_000), default=None,
                     help="--nir: time steps per sample (default that of bss2 train, 40)")
-    # --checkpoint stays required in spirit: one of --checkpoint and --nir (checked below)
-    for action in ev._actions:
-        if action.dest == "checkpoint":
-            action.required = False
     evaluate_checkpoints = ev.get_default("func")
 
     def dispatch(args):
         if args.nir is not None and args.checkpoint:
-            raise UserError("bss2 eval: give --checkpoint or --nir, not both")
+            raise UserError("give --checkpoint or --nir, not both")
         if args.nir is not None:
             return cmd_eval_nir(args)
-        if not args.checkpoint:
-            raise UserError("bss2 eval: give --checkpoint CKPT [CKPT ...] or --nir FILE")
         return evaluate_checkpoints(args)
     ev.set_defaults(func=dispatch)
 

@@ -133,7 +133,7 @@ def _merge(module, x):
 def stateless_module(stage):
     """The torch module of a stateless stage (ideal mode)."""
     node, kind = stage.node, stage.kind
-    t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float32))
+    t = lambda v: torch.tensor(np.array(v, dtype=np.float32))     # a copy: arrays may be read-only
     if kind in ("Linear", "Affine"):
         w = np.asarray(node.weight)
         m = nn.Linear(w.shape[1], w.shape[0], bias=kind == "Affine")

@@ -22,7 +22,8 @@ def register(subparsers):
         description="Evaluate the network of each checkpoint on --chips fresh chips (seeds from "
                     "--seed-base on, never the training chip's) and on its training chip: "
                     "accuracy per chip, mean, min, 5th percentile, a histogram.")
-    ev.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT", type=Path,
+    # not required by argparse: `bss2 eval --nir FILE` (bss2_backend.nir.cli) evaluates a graph
+    ev.add_argument("--checkpoint", nargs="+", metavar="CKPT", type=Path,
                     help="checkpoint.pt file(s) of bss2 train (read by the same checked loader "
                          "as --resume)")
     ev.add_argument("--label", nargs="+", metavar="NAME",
@@ -146,6 +147,8 @@ def _load_data(args, task):
 
 
 def cmd_eval(args):
+    if not args.checkpoint:
+        raise UserError("give --checkpoint CKPT [CKPT ...] or --nir FILE")
     try:
         return _eval(args)
     except _user_errors() as e:

@@ -111,6 +111,11 @@ def _common(p):
     p.add_argument("--steps", type=integer(MIN_STEPS, None),
                    help=f"time steps T of dt = 1 us (default 40; SHD 100; at least {MIN_STEPS}: an "
                         f"input reaches the readout two steps later)")
+    p.add_argument("--loss-scale", type=real(0.0, None, low_open=True),
+                   default=TrainConfig.loss_scale, metavar="S",
+                   help=f"softmax temperature on the readout membranes (finite, > 0; default "
+                        f"{TrainConfig.loss_scale:g}: the chip's CADC reads about -1.8 .. 3.9 model "
+                        f"units, so logits need this gain to separate)")
     p.add_argument("--reg", type=real(0.0), default=TrainConfig.reg,
                    help="spike-count regulariser strength (finite, >= 0; 0: off)")
     p.add_argument("--seed", type=integer(0, 2**32 - 1), default=0,
@@ -137,6 +142,7 @@ def resolve_device(text):
 
 def _config(args, dataset_name):
     cfg = TrainConfig(task=args.task, reg=args.reg,
+                      loss_scale=getattr(args, "loss_scale", TrainConfig.loss_scale),
                       batch_size=args.batch_size or DEFAULT_BATCH.get(dataset_name,
                                                                       TrainConfig.batch_size),
                       lr=args.lr or DEFAULT_LR.get(dataset_name, TrainConfig.lr),
@@ -155,7 +161,7 @@ def _config(args, dataset_name):
         raise UserError(f"--freeze-recurrent: the {cfg.task} network has no recurrent weights "
                         f"(it applies to --task {' / '.join(SEQUENCE_TASKS)})")
     if args.task in SEQUENCE_TASKS:
-        cfg = replace(cfg, steps=args.steps or 100, loss_scale=1.0)
+        cfg = replace(cfg, steps=args.steps or 100)
     elif args.steps:
         cfg = replace(cfg, steps=args.steps, t_last=max(1, min(cfg.t_last, args.steps // 2)))
     return cfg
