@@ -131,6 +131,10 @@ def plot_sweep(rows, path):
                     textcoords="offset points", xytext=(3, 3))
     ax.set(xscale="log", xlabel="hidden spikes per sample (labels: --reg)",
            ylabel="test accuracy", ylim=(0, 1))
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
