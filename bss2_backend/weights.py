@@ -109,7 +109,7 @@ def code_product(flat, codes, binary):
         if n % 8:
             c8 = torch.cat([c8, c8.new_zeros(8 - n % 8, K)])
         return torch._int_mm(flat.to(torch.int8), c8.t())[:, :n].to(flat.dtype)
-    return flat @ codes.t().to(flat.dtype)
+    return spike_events.rows_matmul(flat, codes.t().to(flat.dtype))
 
 
 class _Synapses(torch.autograd.Function):
@@ -153,7 +153,7 @@ class _Synapses(torch.autograd.Function):
         if ctx.signed:
             # one signed current x = s @ w^T
             if ctx.needs_input_grad[0] and ge is not None:
-                g_spikes = (ge @ weight).reshape(spikes.shape)
+                g_spikes = spike_events.rows_matmul(ge, weight).reshape(spikes.shape)
             if ctx.needs_input_grad[1] and ge is not None:
                 g_weight = w_grad(ge)
             return g_spikes, g_weight, None, None, None, None, None, None
@@ -162,7 +162,7 @@ class _Synapses(torch.autograd.Function):
         if ge is not None and gi is not None and (ctx.mirrored or torch.equal(gi, -ge)):
             # equal nominal decays make the inhibitory adjoint mirror the excitatory one: then the
             # signed formulas hold and one GEMM per gradient suffices
-            g_spikes = (ge @ weight).reshape(spikes.shape) if ctx.needs_input_grad[0] else None
+            g_spikes = spike_events.rows_matmul(ge, weight).reshape(spikes.shape) if ctx.needs_input_grad[0] else None
             g_weight = w_grad(ge) if ctx.needs_input_grad[1] else None
             return g_spikes, g_weight, None, None, None, None, None, None
         if ctx.needs_input_grad[0]:

@@ -8,7 +8,7 @@ from torch import nn
 
 from bss2_backend import Chip, LIFLayer, LILayer
 from bss2_backend.kernels import events as ev
-from bss2_backend.kernels import paths
+from bss2_backend.kernels import native, paths
 from op_testing import TOL, rel_rms
 
 GEN = torch.Generator().manual_seed(0)
@@ -51,6 +51,28 @@ def test_float64_values_and_weight_grads(density, M, K, N):
             assert torch.equal(got, torch.zeros_like(ref))
 
 
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_the_c_event_finder_equals_torchs_nonzero(density, dtype):
+    """The one-pass C finder (events.c) and the torch route (no compiler: cpu_loop "eager") find
+    the same events, in the same order; both give up above the capacity."""
+    if native.compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    s = _spikes(300, 37, density, dtype)
+    s[5, 3] = 0.5 if density else 0.0                       # a graded value among the spikes
+    with native.cpu_loop("compiled"):
+        found = ev.events_of(s)
+        over = ev.events_of(s, capacity=int(s.count_nonzero()) - 1) if density else None
+    with native.cpu_loop("eager"):
+        ref = ev.events_of(s)
+    for name in ("offsets", "rows", "cols"):
+        assert torch.equal(getattr(found, name), getattr(ref, name)), name
+    assert (found.values is None) == (ref.values is None)
+    if ref.values is not None:
+        assert torch.equal(found.values, ref.values)
+    assert over is None
+
+
 def test_graded_values_weight_each_event():
     """Non-binary presynaptic values (e.g. dropout-scaled spikes) keep their factor."""
     s = _spikes(50, 20, 0.2, torch.float64) * torch.rand(50, 20, generator=GEN, dtype=torch.float64)
@@ -78,16 +100,26 @@ def test_spike_linear_values_and_gradients(density):
         assert rel_rms(ref, got) <= TOL["float64"] or torch.equal(ref, got)
 
 
-def test_auto_chooses_by_measured_density():
+@pytest.mark.parametrize("loop", ("compiled", "eager"))
+def test_auto_chooses_by_measured_density(loop):
     sparse, dense = _spikes(400, 64, 0.01), _spikes(400, 64, 0.5)
-    assert ev.choose(sparse) is not None
-    assert ev.choose(dense) is None
-    with ev.product_path("events"):
-        assert ev.choose(dense) is not None
-    with ev.product_path("dense"):
-        assert ev.choose(sparse) is None
-    # a hot path that must not read values on the host (value checks off): no count, dense
-    assert ev.choose(sparse, may_read=False) is None
+    with native.cpu_loop("auto" if loop == "compiled" else "eager"):
+        assert ev.choose(sparse) is not None
+        assert ev.choose(dense) is None
+        with ev.product_path("events"):
+            assert ev.choose(dense) is not None
+        with ev.product_path("dense"):
+            assert ev.choose(sparse) is None
+        # a hot path that must not read values on the host (value checks off): no count, dense
+        assert ev.choose(sparse, may_read=False) is None
+
+
+def test_row_blocked_matmul_equals_the_gemm():
+    a = torch.randint(0, 2, (1000, 10), generator=GEN).float()
+    b = torch.randint(-63, 64, (10, 246), generator=GEN).float()
+    assert torch.equal(ev.rows_matmul(a, b), a @ b)         # exact sums: identical
+    a64, b64 = torch.randn(777, 33, dtype=torch.float64), torch.randn(33, 5, dtype=torch.float64)
+    assert rel_rms(a64 @ b64, ev.rows_matmul(a64, b64)) <= TOL["float64"]
 
 
 def test_non_cpu_tensors_keep_the_dense_product_without_a_count():
