@@ -164,3 +164,26 @@ def test_without_a_compiler_the_eager_loop_runs_with_one_notice(monkeypatch, tmp
 def test_loop_mode_is_validated():
     with pytest.raises(ValueError, match="cpu_loop must be one of"):
         native.cpu_loop("fast")
+
+
+def test_reused_output_buffers_never_overwrite_a_held_result(monkeypatch):
+    """backend.output hands a buffer out again only when nothing shares its storage: results a
+    caller keeps (or autograd saved) survive later calls, and freed ones are reused."""
+    from bss2_backend.kernels import backend
+    monkeypatch.setattr(backend, "reuse_outputs", True)      # the poisoning fixture turns it off
+    first = backend.output("test.out", (3, 4), torch.float32, "cpu").fill_(1.0)
+    view = first[1]
+    del first
+    second = backend.output("test.out", (3, 4), torch.float32, "cpu").fill_(2.0)
+    assert torch.equal(view, torch.ones(4))                  # a view still held: a new buffer
+    ptr = second.data_ptr()
+    del second
+    third = backend.output("test.out", (2, 6), torch.float32, "cpu")
+    assert third.data_ptr() == ptr                           # a freed buffer is taken again
+    case = _case(10, 3, 7, torch.float32)
+    config = ChipLIFConfig(True, True, 0.0, 0.0, 45.0, 64.0, 1, 50.0, False)
+    with native.cpu_loop("compiled"):
+        z1, u1, _ = op.chip_lif(case[4].detach(), None, *case[:4], config, 0)
+        kept = u1.clone()
+        z2, u2, _ = op.chip_lif(case[4].detach() * 0.5, None, *case[:4], config, 0)
+    assert torch.equal(u1, kept) and u1.data_ptr() != u2.data_ptr()
