@@ -135,7 +135,6 @@ def product(flat, events, weight):
         return rows_matmul(flat, weight.t())
     paths.note("product", "events")
     table = weight.t().contiguous()
-    # offsets without the last one: include_last_offset=True took 3x longer here
     return F.embedding_bag(events.cols, table, events.offsets[:-1], mode="sum",
                            per_sample_weights=events.values)
 
