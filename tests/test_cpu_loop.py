@@ -187,3 +187,47 @@ def test_reused_output_buffers_never_overwrite_a_held_result(monkeypatch):
         kept = u1.clone()
         z2, u2, _ = op.chip_lif(case[4].detach() * 0.5, None, *case[:4], config, 0)
     assert torch.equal(u1, kept) and u1.data_ptr() != u2.data_ptr()
+
+
+# --- snntorch's neurons (kernels/snn_neuron) on the compiled loop ---------------------------------
+from bss2_backend.kernels import surrogate as sg                     # noqa: E402
+from bss2_backend.kernels.snn_neuron import (RESET_NONE, RESET_SUB, RESET_ZERO,  # noqa: E402
+                                             NeuronSpec, snn_neuron)
+
+
+def _snn_run(mode, spec, T, S, dtype, need_params):
+    g = torch.Generator().manual_seed(T * 7 + len(S))
+    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=dtype) * scale).requires_grad_()
+    n = S[-1]
+    x, u0 = rnd(T, *S, scale=1.2), rnd(*S)
+    i0 = rnd(*S) if spec.synaptic else None
+    params = dict(beta=torch.rand(n, generator=g, dtype=dtype).mul(0.9).requires_grad_(need_params),
+                  alpha=torch.tensor(0.7, dtype=dtype, requires_grad=need_params)
+                  if spec.synaptic else None,
+                  theta=torch.rand(n, generator=g, dtype=dtype).add(0.5).requires_grad_(need_params),
+                  g=torch.tensor(1.5, dtype=dtype, requires_grad=need_params))
+    with native.cpu_loop(mode), paths.collect() as seen:
+        spk, syn, mem = snn_neuron(spec, x, u0, i0, **params)
+        cot = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=cot, dtype=t.dtype)).sum()
+                   for t in (spk, syn, mem) if t is not None)
+        leaves = [t for t in (x, u0, i0, *params.values()) if t is not None and t.requires_grad]
+        grads = torch.autograd.grad(loss, leaves)
+    assert seen["loop"] == {mode}
+    return {"spk": spk, "syn": syn, "mem": mem, **{f"g{i}": t for i, t in enumerate(grads)}}
+
+
+@pytest.mark.parametrize("synaptic, reset, zero_before_decay", [
+    (False, RESET_SUB, False), (False, RESET_ZERO, True), (False, RESET_ZERO, False),
+    (False, RESET_NONE, False), (True, RESET_SUB, False), (True, RESET_ZERO, False),
+    (True, RESET_NONE, False)])
+@pytest.mark.parametrize("T, S", [(1, (1,)), (63, (7, 5)), (9, (2, 3, 4))])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_snn_neuron_compiled_loop_equals_twin_bit_for_bit(synaptic, reset, zero_before_decay, T, S,
+                                                          dtype):
+    spec = NeuronSpec(synaptic=synaptic, reset=reset, zero_before_decay=zero_before_decay,
+                      surrogate=sg.ATAN, surrogate_param=2.0)
+    for need_params in (False, True):
+        eager = _snn_run("eager", spec, T, S, dtype, need_params)
+        comp = _snn_run("compiled", spec, T, S, dtype, need_params)
+        compare(eager, comp, exact=list(eager))

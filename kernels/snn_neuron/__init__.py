@@ -57,11 +57,25 @@ def _none_if_empty(t):
     return None if t is None or t.numel() == 0 and t.dim() == 1 else t
 
 
+def _compiled_loop(spec, impl, x):
+    """The C loop's library when the torch implementation runs this neuron on the CPU through it
+    (compiled.loop_for; native.py: cpu_loop mode, a working compiler), else None."""
+    if impl != "torch":
+        return None
+    from . import compiled
+    return compiled.loop_for(spec, x)
+
+
 def _forward(spec, impl, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bias):
-    if impl == "torch" and x.device.type == "cpu":
-        paths.note("loop", "eager")
-    spk, syn, mem, pre = _impl(impl).forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v, w,
-                                             bias)
+    lib = _compiled_loop(spec, impl, x)
+    if lib is not None:
+        from . import compiled
+        spk, syn, mem, pre = compiled.forward(lib, spec, x, u0, i0, beta, alpha, theta, g)
+    else:
+        if impl == "torch" and x.device.type == "cpu":
+            paths.note("loop", "eager")
+        spk, syn, mem, pre = _impl(impl).forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r, v,
+                                                 w, bias)
     return spk, x.new_empty(0) if syn is None else syn, mem, x.new_empty(0) if pre is None else pre
 
 
@@ -73,9 +87,14 @@ def _fake_forward(spec, impl, x, u0, i0, s0, beta, alpha, theta, g, r, v, w, bia
 
 def _backward(spec, impl, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g, v, w,
               g_spk, g_syn, g_mem):
-    out = _impl(impl).backward(spec, g_spk, _none_if_empty(g_syn) if spec.synaptic else None,
-                               g_mem, spk, _none_if_empty(syn), mem, _none_if_empty(pre), u0, i0,
-                               s0, beta, alpha, theta, g, v, w)
+    lib = _compiled_loop(spec, impl, mem)
+    if lib is not None:
+        from . import compiled
+        run = lambda *a: compiled.backward(lib, spec, *a)
+    else:
+        run = lambda *a: _impl(impl).backward(spec, *a)
+    out = run(g_spk, _none_if_empty(g_syn) if spec.synaptic else None, g_mem, spk,
+              _none_if_empty(syn), mem, _none_if_empty(pre), u0, i0, s0, beta, alpha, theta, g, v, w)
     return [mem.new_empty(0) if t is None else t for t in out]
 
 

@@ -81,7 +81,7 @@ def forward(spec, x, u0, i0, s0, beta, alpha, theta, g, r=None, v=None, w=None, 
 
 
 def backward(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
-             v=None, w=None):
+             v=None, w=None, sweep=None):
     """Reverse sweep. g_*: cotangents of the outputs ([T, *S] or None); spec.need_* say which of
     (beta, alpha, theta, g) want a gradient. Returns (g_x [T, *S], g_u0, g_i0, g_s0, g_beta, g_alpha, g_theta,
     g_g), the parameter gradients per element of the step shape (summed over time)."""
@@ -92,14 +92,16 @@ def backward(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, al
         return _bwd_stepwise(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha,
                              theta, g, v, w, need)
     return _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alpha, theta, g,
-                           need)
+                           need, sweep)
 
 
-def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alpha, theta, g, need):
+def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alpha, theta, g, need,
+                    sweep=None):
     """When no spike gradient flows back in time (no recurrence, no same-step reset), everything
     but the membrane/current adjoints is computed over all steps at once; the loop carries only
-    those (three or four tensor ops per step)."""
-    T = mem.shape[0]
+    those (three or four tensor ops per step): `sweep` (default: sweep_eager; the CPU's compiled
+    loop passes its own)."""
+    sweep = sweep_eager if sweep is None else sweep
     zero_pre = spec.reset == RESET_ZERO and spec.zero_before_decay and not spec.synaptic
     zero_post = spec.reset == RESET_ZERO and not zero_pre
     # whole-sequence temporaries come from reused buffers (backend.scratch): none leaves here
@@ -123,6 +125,29 @@ def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alph
     keep_u1 = need[2] and spec.reset == RESET_SUB or need[0] and (zero_pre or spec.synaptic)
     g_u1 = temp("g_u1") if keep_u1 else None
     g_x = torch.empty_like(mem)
+    lam_u, lam_i = sweep(spec, g_mem, g_fire, keep, g_syn, beta, alpha, zero_post, zero_pre, g_x,
+                         g_u1, u0)
+    g_beta = g_alpha = g_theta = g_g = None
+    if need[0]:
+        if zero_pre:
+            g_beta = (g_u1 * (keep * u_prev)).sum(0)
+        else:
+            g_beta = ((g_u1 if spec.synaptic else g_x) * u_prev).sum(0)
+    if need[1] and spec.synaptic:
+        g_alpha = (g_x * torch.cat([i0.unsqueeze(0), syn[:-1]])).sum(0)
+    if need[2]:
+        g_theta = torch.zeros_like(u0) if g_fire is None else -g_fire.sum(0)
+        if spec.reset == RESET_SUB:
+            g_theta = g_theta - (g_u1 * reset).sum(0)
+    if need[3]:
+        g_g = torch.zeros_like(u0) if g_spk is None else (g_spk * (u1 > theta)).sum(0)
+    return g_x, lam_u, lam_i, None, g_beta, g_alpha, g_theta, g_g
+
+
+def sweep_eager(spec, g_mem, g_fire, keep, g_syn, beta, alpha, zero_post, zero_pre, g_x, g_u1, u0):
+    """The reverse sweep of the membrane / current adjoints over all steps: writes g_x (and g_u1,
+    when given: dL/dU' per step) and returns (lam_u, lam_i), the adjoints of u0 and i0."""
+    T = g_x.shape[0]
     lam_u = torch.zeros_like(u0)
     lam_i = torch.zeros_like(u0) if spec.synaptic else None
     scratch = torch.empty_like(u0) if spec.synaptic else None
@@ -146,21 +171,7 @@ def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alph
             lam_i = g_i * alpha
         elif zero_pre:
             lam_u.mul_(keep[t])
-    g_beta = g_alpha = g_theta = g_g = None
-    if need[0]:
-        if zero_pre:
-            g_beta = (g_u1 * (keep * u_prev)).sum(0)
-        else:
-            g_beta = ((g_u1 if spec.synaptic else g_x) * u_prev).sum(0)
-    if need[1] and spec.synaptic:
-        g_alpha = (g_x * torch.cat([i0.unsqueeze(0), syn[:-1]])).sum(0)
-    if need[2]:
-        g_theta = torch.zeros_like(u0) if g_fire is None else -g_fire.sum(0)
-        if spec.reset == RESET_SUB:
-            g_theta = g_theta - (g_u1 * reset).sum(0)
-    if need[3]:
-        g_g = torch.zeros_like(u0) if g_spk is None else (g_spk * (u1 > theta)).sum(0)
-    return g_x, lam_u, lam_i, None, g_beta, g_alpha, g_theta, g_g
+    return lam_u, lam_i
 
 
 def _bwd_stepwise(spec, g_spk, g_syn, g_mem, spk, syn, mem, pre, u0, i0, s0, beta, alpha, theta, g,
