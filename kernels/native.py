@@ -15,6 +15,7 @@ $CC, then cc, gcc, clang); BSS2_CACHE_DIR the cache (default ~/.cache/bss2_backe
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -80,7 +81,7 @@ def _host():
                       if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    return os.uname().machine + flags
+    return platform.machine() + flags
 
 
 def _build(source, cc):
