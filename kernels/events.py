@@ -6,10 +6,11 @@ For presynaptic activity s [M, K] (rows: time steps x batch; mostly zeros) and w
     forward        x = s @ W^T           x[m] = sum over the events (m, k) of s[m, k] W[:, k]
     weight grad    dW = g^T @ s          dW[:, k] = sum over the events (m, k) of s[m, k] g[m]
 
-Both are `embedding_bag(mode="sum")` over the events, grouped by row for the forward and by
-column for the weight gradient (a stable sort keeps each column's events in row order). Sums of
-the same terms in another order: bit-identical where every partial sum is exact (0/1 spikes times
-integer weight codes), equal up to rounding otherwise.
+Both are sums over the events in row order (the forward per row, the weight gradient per column:
+each column's events in row order): a C loop (events.c, into reused buffers) where native.py
+builds it, else `embedding_bag(mode="sum")` (the weight gradient's events stably sorted by
+column). Sums of the same terms in another order: bit-identical where every partial sum is exact
+(0/1 spikes times integer weight codes), equal up to rounding otherwise.
 
 Measured here (1 thread, 2-core CPU shared with other jobs), A's input layer [25600 x 256] x
 [256 -> 246], forward + weight gradient, events (including finding them) vs dense GEMMs:
@@ -25,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import native, paths
+from . import backend, native, paths
 
 PRODUCTS = ("auto", "dense", "events")
 EVENTS_MAX_DENSITY = 0.05
@@ -34,6 +35,7 @@ EVENTS_MAX_DENSITY = 0.05
 # [256, 246] 82 -> 49 ms
 ROW_BLOCK = 256
 SOURCE = Path(__file__).with_name("events.c")
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _product = ["auto"]
 
 
@@ -136,6 +138,13 @@ def product(flat, events, weight):
         return rows_matmul(flat, weight.t())
     paths.note("product", "events")
     table = weight.t().contiguous()
+    lib = _summer(table)
+    if lib is not None:
+        M, N = events.shape[0], table.shape[1]
+        out = backend.output("events.product", (M, N), table.dtype, "cpu")
+        _call(getattr(lib, f"events_product_{_SUFFIX[table.dtype]}"), M, N, events.offsets,
+              events.cols, _values(events, table), table, out)
+        return out
     return F.embedding_bag(events.cols, table, events.offsets[:-1], mode="sum",
                            per_sample_weights=events.values)
 
@@ -144,13 +153,37 @@ def weight_grad(grad, flat, events):
     """grad [M, N]^T @ flat [M, K] -> [N, K], from `events` or dense when None."""
     if events is None:
         return grad.t() @ flat
-    K = events.shape[1]
+    M, K = events.shape
+    grad = grad.contiguous()
+    lib = _summer(grad)
+    if lib is not None:
+        out = torch.zeros(K, grad.shape[1], dtype=grad.dtype)
+        _call(getattr(lib, f"events_weight_grad_{_SUFFIX[grad.dtype]}"), M, grad.shape[1],
+              events.offsets, events.cols, _values(events, grad), grad, out)
+        return out.t()
     order = torch.argsort(events.cols, stable=True)
     offsets = torch.zeros(K + 1, dtype=torch.int64, device=grad.device)
     torch.cumsum(torch.bincount(events.cols, minlength=K), 0, out=offsets[1:])
     values = None if events.values is None else events.values[order]
-    return F.embedding_bag(events.rows[order], grad.contiguous(), offsets[:-1], mode="sum",
+    return F.embedding_bag(events.rows[order], grad, offsets[:-1], mode="sum",
                            per_sample_weights=values).t()
+
+
+def _summer(t):
+    """The C library for the sums over events of `t`'s dtype on the CPU, else None (torch)."""
+    if t.device.type != "cpu" or t.dtype not in _SUFFIX:
+        return None
+    return native.library(SOURCE)
+
+
+def _values(events, like):
+    return None if events.values is None else events.values.to(like.dtype).contiguous()
+
+
+def _call(fn, *args):
+    """fn(*args): tensors as pointers (held here until fn returns), ints as int64."""
+    fn(*(ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else
+         None if a is None else ctypes.c_int64(a) for a in args))
 
 
 def rows_matmul(a, b):

@@ -22,9 +22,21 @@ def _spikes(M, K, density, dtype=torch.float32):
     return s
 
 
+# "compiled": the C finder and sums (events.c); "eager": torch's nonzero and embedding_bag
+LOOPS = ("compiled", "eager")
+
+
+@pytest.fixture(params=LOOPS)
+def loop(request):
+    if request.param == "compiled" and native.compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    with native.cpu_loop(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("M, K, N", [(0, 16, 5), (1, 1, 1), (63, 7, 500), (200, 256, 246)])
-def test_integer_codes_bit_identical(density, M, K, N):
+def test_integer_codes_bit_identical(density, M, K, N, loop):
     s = _spikes(M, K, density)
     codes = torch.randint(-63, 64, (N, K), generator=GEN).float()
     events = ev.events_of(s)
@@ -37,7 +49,7 @@ def test_integer_codes_bit_identical(density, M, K, N):
 
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("M, K, N", [(0, 16, 5), (1, 3, 2), (97, 33, 46)])
-def test_float64_values_and_weight_grads(density, M, K, N):
+def test_float64_values_and_weight_grads(density, M, K, N, loop):
     s = _spikes(M, K, density, torch.float64)
     w = torch.randn(N, K, generator=GEN, dtype=torch.float64)
     g = torch.randn(M, N, generator=GEN, dtype=torch.float64)
@@ -73,7 +85,7 @@ def test_the_c_event_finder_equals_torchs_nonzero(density, dtype):
     assert over is None
 
 
-def test_graded_values_weight_each_event():
+def test_graded_values_weight_each_event(loop):
     """Non-binary presynaptic values (e.g. dropout-scaled spikes) keep their factor."""
     s = _spikes(50, 20, 0.2, torch.float64) * torch.rand(50, 20, generator=GEN, dtype=torch.float64)
     w = torch.randn(9, 20, generator=GEN, dtype=torch.float64)
@@ -85,7 +97,7 @@ def test_graded_values_weight_each_event():
 
 
 @pytest.mark.parametrize("density", DENSITIES)
-def test_spike_linear_values_and_gradients(density):
+def test_spike_linear_values_and_gradients(density, loop):
     x = _spikes(3 * 40, 30, density, torch.float64).reshape(3, 40, 30).requires_grad_()
     lin = nn.Linear(30, 12).double()
     g = torch.randn(3, 40, 12, generator=GEN, dtype=torch.float64)
