@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import native, paths
-from ..backend import scratch
+from ..backend import output, scratch
 from . import REC_NONE, RESET_ZERO
 from .reference import backward as reference_backward
 
@@ -37,14 +37,14 @@ def forward(lib, spec, x, u0, i0, beta, alpha, theta, g):
     """reference.forward for loop_for's neurons: (spk, syn, mem, None)."""
     T = x.shape[0]
     x = x.contiguous()
-    mem = torch.empty_like(x)
-    syn = torch.empty_like(x) if spec.synaptic else None
+    mem = output("snn.mem", x.shape, x.dtype, "cpu")
+    syn = output("snn.syn", x.shape, x.dtype, "cpu") if spec.synaptic else None
     zero_pre = spec.reset == RESET_ZERO and spec.zero_before_decay and not spec.synaptic
     _call(getattr(lib, f"snn_fwd_{SUFFIX[x.dtype]}"), ctypes.c_int64(T),
           ctypes.c_int64(x[0].numel()), x, _flat(u0, x), _flat(i0, x), _flat(beta, x),
           _flat(alpha, x), _flat(theta, x), ctypes.c_int(spec.synaptic), ctypes.c_int(spec.reset),
           ctypes.c_int(zero_pre), mem, syn)
-    spk = torch.empty(x.shape, dtype=torch.float32)
+    spk = output("snn.spk", x.shape, torch.float32, "cpu")
     torch.mul(torch.gt(mem, theta, out=scratch("snn.fired", mem.shape, torch.bool, "cpu")), g,
               out=spk)
     paths.note("loop", "compiled")

@@ -17,6 +17,7 @@ th: threshold; g: graded spike factor; r: recurrent input):
 import torch
 
 from .. import surrogate as sg
+from ..backend import output as _output
 from ..backend import scratch as _scratch
 from . import REC_DENSE, REC_EXTERNAL, REC_ONE_TO_ONE, RESET_NONE, RESET_SUB, RESET_ZERO
 
@@ -124,7 +125,7 @@ def _bwd_vectorized(spec, g_spk, g_syn, g_mem, syn, mem, pre, u0, i0, beta, alph
                           torch.sub(u1, theta, out=temp("g_fire"))).mul_(g).mul_(g_spk)
     keep_u1 = need[2] and spec.reset == RESET_SUB or need[0] and (zero_pre or spec.synaptic)
     g_u1 = temp("g_u1") if keep_u1 else None
-    g_x = torch.empty_like(mem)
+    g_x = _output("snn.g_x", mem.shape, mem.dtype, mem.device)
     lam_u, lam_i = sweep(spec, g_mem, g_fire, keep, g_syn, beta, alpha, zero_post, zero_pre, g_x,
                          g_u1, u0)
     g_beta = g_alpha = g_theta = g_g = None
