@@ -74,10 +74,11 @@ def output(name, shape, dtype, device):
             numel * torch.empty(0, dtype=dtype).element_size() > SCRATCH_MAX_BYTES:
         return alloc(shape, dtype, device)
     pool = _scratch.__dict__.setdefault("outputs", {}).setdefault(name, [])
-    for buf in pool:
-        if buf.dtype == dtype and buf.numel() >= numel and _unshared(buf):
-            # a view: every tensor handed out shares (and so counts on) the buffer's storage
-            return buf[:numel].view(shape)
+    free = [b for b in pool if b.dtype == dtype and b.numel() >= numel and _unshared(b)]
+    if free:
+        # the smallest that fits; a view: every tensor handed out shares (and so counts on) the
+        # buffer's storage. The pool holds at most what was alive at once under this name.
+        return min(free, key=torch.Tensor.numel)[:numel].view(shape)
     buf = torch.empty(numel, dtype=dtype)
     if len(pool) < OUTPUTS_PER_NAME:
         pool.append(buf)
@@ -85,5 +86,7 @@ def output(name, shape, dtype, device):
 
 
 def _unshared(buf):
-    # the storage's users: `buf` itself and the temporary storage object of this call
-    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata) == 2
+    # the storage's users: `buf` itself and the temporary storage object of this call (a torch
+    # without this counter never reuses)
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return count is not None and count(buf.untyped_storage()._cdata) == 2
