@@ -137,3 +137,18 @@ def test_losses_and_regulariser():
     assert float(spike_regulariser(spikes, 0.5)) == pytest.approx(0.5 * 9 / 6)
     assert float(spike_regulariser(spikes, 0.5, target=3.0)) == 0.0
     assert float(spike_regulariser(spikes, 0.0)) == 0.0
+
+
+def test_max_over_time_loss_reaches_every_step_of_a_flat_readout():
+    """A noise-free network silent at initialisation reads exactly 0 at every step: the loss's
+    gradient must reach the steps that inputs can influence, not only step 0 (ties shared)."""
+    flat = torch.zeros(6, 2, 3, requires_grad=True)
+    max_over_time_loss(flat, torch.tensor([0, 2]), scale=5.0).backward()
+    per_step = flat.grad.abs().sum((1, 2))
+    assert bool((per_step > 0).all()) and torch.allclose(per_step, per_step[0].expand(6))
+    # a unique maximum still takes the whole gradient
+    peaked = torch.zeros(6, 1, 2)
+    peaked[4] = 1.0
+    peaked.requires_grad_(True)
+    max_over_time_loss(peaked, torch.tensor([1])).backward()
+    assert bool((peaked.grad[torch.arange(6) != 4] == 0).all()) and bool(peaked.grad[4].ne(0).all())

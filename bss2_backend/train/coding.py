@@ -33,8 +33,11 @@ def latency_code(images, steps, *, t_first=0, t_last=None, cutoff=0.1):
 
 
 def max_over_time_loss(readout, labels, *, scale=1.0):
-    """Cross-entropy of the readout membranes' maxima over time: readout [T, B, C], labels [B]."""
-    return F.cross_entropy(scale * readout.max(0).values, labels)
+    """Cross-entropy of the readout membranes' maxima over time: readout [T, B, C], labels [B].
+    amax shares the gradient among tied maxima: a noise-free readout that has not moved yet
+    (exactly 0 at every step) then passes gradient to all steps; max(0) sent it to step 0,
+    which no input can reach, and a network silent at initialisation never learned."""
+    return F.cross_entropy(scale * readout.amax(0), labels)
 
 
 def sum_over_time_loss(readout, labels, *, scale=1.0):
