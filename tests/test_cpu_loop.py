@@ -110,14 +110,43 @@ def test_chip_layers_equal_the_twin():
     compare(runs[0], runs[1], exact=("z", "u", "out"))
 
 
-def test_recurrent_layers_keep_the_twin():
-    x = torch.rand(6, 2, 8)
-    config = ChipLIFConfig(True, False, 0.0, 0.0, 45.0, 64.0, 1, 50.0, False)
-    case = _case(6, 2, 8, torch.float32)
-    w = torch.rand(8, 8) * 0.1
-    with native.cpu_loop("compiled"), paths.collect() as seen:
-        op.chip_lif(x, None, *case[:4], config, 0, recurrence=(w, w, torch.zeros_like(w)))
-    assert seen["loop"] == {"eager"}
+@pytest.mark.parametrize("dtype, dyadic", [(torch.float32, True), (torch.float64, False)])
+@pytest.mark.parametrize("with_state", (False, True))
+def test_recurrent_forward_compiled_backward_twin(dtype, dyadic, with_state):
+    """Recurrent layers: the forward in C (recurrent input from the spike events), the backward in
+    the twin. Dyadic weights (exact sums): bit for bit; float64 weights: spikes equal, the rest to
+    1e-12."""
+    T, B, N = 30, 5, 40
+    case = _case(T, B, N, dtype, seed=3)
+    g = torch.Generator().manual_seed(8)
+    if dyadic:
+        w = (torch.randint(-8, 9, (N, N), generator=g) / 64.0).to(dtype)
+    else:
+        w = torch.randn(N, N, generator=g, dtype=dtype) * 0.15
+    config = ChipLIFConfig(True, True, 0.0, 0.0, 45.0, 64.0, 1, 20.0, False)
+    runs = []
+    for mode in ("eager", "compiled"):
+        w_rec = w.clone().requires_grad_()
+        state = None
+        if with_state:
+            gs = torch.Generator().manual_seed(4)
+            state = ChipState(*(torch.rand(B, N, generator=gs, dtype=dtype) for _ in range(3)),
+                              torch.randint(0, 2, (B, N), dtype=torch.int32, generator=gs),
+                              (torch.rand(B, N, generator=gs) < 0.3).to(dtype))
+        par, ref, offset, nom, x_exc, x_inh, cot = case
+        with native.cpu_loop(mode), paths.collect() as seen:
+            z, u, _ = op.chip_lif(x_exc, x_inh, par, ref, offset, nom, config, 0,
+                                  recurrence=(w_rec, w_rec.detach().clamp(min=0),
+                                              (-w_rec.detach()).clamp(min=0)), state=state)
+            grads = torch.autograd.grad((u * cot[0]).sum() + (z * cot[1]).sum(),
+                                        (x_exc, x_inh, w_rec))
+        assert seen["loop"] == ({"eager"} if mode == "eager" else {"compiled", "eager"})
+        runs.append({"z": z, "u": u, **{f"g{i}": t for i, t in enumerate(grads)}})
+    assert runs[0]["z"].sum() > 0
+    if dyadic:
+        compare(runs[0], runs[1], exact=("z", "u"))
+    else:
+        compare(runs[0], runs[1], values=TOL["float64"], grads=TOL["float64"], exact=("z",))
 
 
 def test_cold_build_is_cached_and_fast(tmp_path, monkeypatch):

@@ -74,22 +74,22 @@ def _seed(t, impl, device):
     return t
 
 
-def _compiled_loop(impl, device, dtype, recurrent):
+def _compiled_loop(impl, device, dtype, recurrent_backward=False):
     """The C loop's library when the torch implementation runs on the CPU through it (native.py
     decides: cpu_loop mode, a working compiler), else None: the twin's eager loop."""
     if impl != "torch":
         return None
     from . import compiled
-    return compiled.loop_for(device, dtype, recurrent)
+    return compiled.loop_for(device, dtype, recurrent_backward)
 
 
 def _forward(config, impl, x_exc, x_inh, par, ref, offset, nom, w_rec, w_exc, w_inh, seed, step,
              v0, ie0, ii0, ref0, z0):
-    lib = _compiled_loop(impl, x_exc.device, par.dtype, w_exc is not None)
+    lib = _compiled_loop(impl, x_exc.device, par.dtype)
     if lib is not None:
         from . import compiled
-        return compiled.forward(lib, config, x_exc, x_inh, par, ref, offset, seed, _int(step),
-                                v0, ie0, ii0, ref0)
+        return compiled.forward(lib, config, x_exc, x_inh, par, ref, offset, w_exc, w_inh, seed,
+                                _int(step), v0, ie0, ii0, ref0, z0)
     if impl == "torch" and x_exc.device.type == "cpu":
         paths.note("loop", "eager")
     return _impl(impl).forward(config, x_exc, x_inh, par, ref, offset, w_exc, w_inh,

@@ -1,6 +1,7 @@
 """The chip LIF op's CPU path through the compiled C loop (cpu_loop.c): same arguments and results
-as reference.forward / backward, for layers without recurrence (recurrent layers keep the twin,
-whose per-step GEMMs BLAS does better than a plain C loop).
+as reference.forward / backward. Recurrent layers run their forward here (the recurrent input from
+the previous step's spike events) and their backward in the twin, whose per-step GEMMs of dense
+adjoints BLAS does better than a plain C loop.
 
 The loop draws its noise itself (a counter-based generator keyed per step, cpu_loop.c): noise-free
 runs equal the twin bit for bit; noisy runs equal it in law (the twin's torch.Generator per step
@@ -21,9 +22,10 @@ SOURCE = Path(__file__).with_name("cpu_loop.c")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def loop_for(device, dtype, recurrent):
-    """The loaded C library when the compiled loop runs this call, else None (the twin runs)."""
-    if torch.device(device).type != "cpu" or recurrent or dtype not in DTYPES:
+def loop_for(device, dtype, recurrent_backward=False):
+    """The loaded C library when the compiled loop runs this call, else None (the twin runs): the
+    forward of every layer, the backward of layers without recurrence."""
+    if torch.device(device).type != "cpu" or recurrent_backward or dtype not in DTYPES:
         return None
     return native.library(SOURCE)
 
@@ -50,9 +52,9 @@ def _keys(seed, step0, T):
     return torch.tensor(signed, dtype=torch.int32).reshape(T, 3)
 
 
-def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0=None, ie0=None,
-            ii0=None, ref0=None):
-    """reference.forward without recurrence, on the compiled loop."""
+def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, w_exc, w_inh, seed, step0=0, v0=None,
+            ie0=None, ii0=None, ref0=None, z0=None):
+    """reference.forward on the compiled loop."""
     T, B, N = x_exc.shape
     cdtype = par.dtype
     v_leak, v_reset, v_th, a_mem, a_syn_exc, a_syn_inh = (r.contiguous() for r in par)
@@ -62,9 +64,16 @@ def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0
     seed = host_seed(seed, config)
     spiking = config.spiking
     refractory = spiking and bool(ref_steps.any())
-    has_inh = x_inh is not None
     x_exc = x_exc.to(cdtype).contiguous()
-    x_inh = x_inh.to(cdtype).contiguous() if has_inh else None
+    x_inh = x_inh.to(cdtype).contiguous() if x_inh is not None else None
+    # row k of rec_*: the weights from presynaptic neuron k (the twin's z[t-1] @ w^T)
+    rec_e = rec_i = None
+    if w_exc is not None:
+        rec_e = w_exc.to("cpu", cdtype).t().contiguous()
+        rec_i = w_inh.to("cpu", cdtype).t().contiguous()
+        z0 = None if z0 is None else z0.to(cdtype).contiguous()
+    else:
+        z0 = None
     noisy = config.membrane_noise_lsb > 0 or config.readout_noise_lsb > 0
     keys = _keys(seed, step0, T) if noisy else None
     sigma_r = config.readout_noise_lsb / (1.0 if config.quantise else config.unit_lsb)
@@ -88,7 +97,8 @@ def forward(lib, config, x_exc, x_inh, par, ref_steps, offset, seed, step0=0, v0
           real(config.unit_lsb), real(config.zero_lsb), real(1.0 / config.unit_lsb),
           real(CADC_MIN), real(CADC_MAX), keys, real(config.membrane_noise_lsb / config.unit_lsb),
           real(sigma_r), v, i_e, i_i, ref, z_out, u_out, free_out if refractory else None,
-          torch.empty(N, dtype=cdtype), torch.empty(N), torch.empty(N))
+          torch.empty(N, dtype=cdtype), torch.empty(N), torch.empty(N), rec_e, rec_i, z0,
+          torch.empty(N, dtype=cdtype), torch.empty(N, dtype=cdtype))
     paths.note("loop", "compiled")
     return z_out, u_out, v, i_e, i_i, free_out, ref
 

@@ -1,5 +1,7 @@
 /* The chip LIF op's time loop in C for the CPU: forward loop and reverse sweep of reference.py,
- * operation by operation in its order, without recurrence (the recurrent layers keep the twin).
+ * operation by operation in its order. Recurrence runs in the forward only, from the spike events
+ * (the twin's per-step GEMM sums the same terms in another order); the recurrent reverse sweep
+ * keeps the twin, whose per-step GEMMs of dense adjoints BLAS does better.
  *
  * Built at run time by kernels/native.py with -ffp-contract=off: no a*b+c is contracted into an
  * FMA, so with the same inputs and noise off the forward equals the twin bit for bit (the noise
@@ -76,9 +78,10 @@ static void normal_pairs(const uint32_t *k, int64_t i0, int64_t N, float *restri
 #define DEFINE_LOOP(real, SUF, FLOOR, FABS, EXP)                                                  \
 /* keys: [T, 3] noise keys per step (NULL: no noise); sigma_m: membrane noise (model units),       \
  * sigma_r: readout noise as read_ adds it (LSB when quantising, model units otherwise). x_inh may  \
- * be NULL (no inhibitory current). Each step of a row runs as passes over n with the options      \
- * tested outside them, so every pass is a branch-free loop the compiler vectorises. vt, nm, nr:   \
- * [N] scratch. */                                                                                 \
+ * be NULL. rec_e, rec_i: [N, N] recurrent weights, row = presynaptic neuron (NULL: none); z0:    \
+ * [B, N] spikes before the run (NULL: none). Each step of a row runs as passes over n with the    \
+ * options tested outside them, so every pass is a branch-free loop the compiler vectorises. vt,   \
+ * nm, nr, xe, xi: [N] scratch. */                                                                 \
 void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_exc,               \
                         const real *restrict x_inh, const real *restrict v_leak,                   \
                         const real *restrict v_reset, const real *restrict v_th,                   \
@@ -90,8 +93,11 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
                         real sigma_m, real sigma_r, real *restrict v, real *restrict i_e,          \
                         real *restrict i_i, int32_t *restrict ref, real *restrict z_out,           \
                         real *restrict u_out, uint8_t *restrict free_out, real *restrict vt,       \
-                        float *restrict nm, float *restrict nr)                                    \
+                        float *restrict nm, float *restrict nr, const real *restrict rec_e,        \
+                        const real *restrict rec_i, const real *restrict z0,                       \
+                        real *restrict xe, real *restrict xi)                                      \
 {                                                                                                  \
+    const int has_inh = x_inh || rec_i;                                                            \
     for (int64_t t = 0; t < T; ++t) {                                                              \
         for (int64_t b = 0; b < B; ++b) {                                                          \
             real *restrict vb = v + b * N, *restrict ieb = i_e + b * N;                            \
@@ -100,7 +106,27 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
             const int64_t o = (t * B + b) * N;                                                     \
             real *restrict u = u_out + o;                                                          \
             if (keys) normal_pairs(keys + 3 * t, b * N, N, nm, nr);                                \
-            if (x_inh) {                                                                           \
+            const real *restrict x_e = x_exc + o, *restrict x_i = x_inh ? x_inh + o : 0;           \
+            if (rec_e) {                                                                           \
+                /* the previous step's spikes through the recurrent synapses: a sum of the rows  \
+                 * of the fired neurons (twin: x + z[t-1] @ W^T, the product first) */            \
+                const real *restrict zp = t ? z_out + o - B * N : (z0 ? z0 + b * N : 0);           \
+                for (int64_t n = 0; n < N; ++n) xe[n] = xi[n] = 0;                                 \
+                for (int64_t k = 0; zp && k < N; ++k) {                                            \
+                    if (zp[k] == 0) continue;                                                      \
+                    const real *restrict we = rec_e + k * N, *restrict wi = rec_i + k * N;         \
+                    for (int64_t n = 0; n < N; ++n) {                                              \
+                        xe[n] = xe[n] + zp[k] * we[n];                                             \
+                        xi[n] = xi[n] + zp[k] * wi[n];                                             \
+                    }                                                                              \
+                }                                                                                  \
+                for (int64_t n = 0; n < N; ++n) xe[n] = x_e[n] + xe[n];                            \
+                if (x_i)                                                                           \
+                    for (int64_t n = 0; n < N; ++n) xi[n] = x_i[n] + xi[n];                        \
+                x_e = xe;                                                                          \
+                x_i = xi;                                                                          \
+            }                                                                                      \
+            if (has_inh) {                                                                         \
                 for (int64_t n = 0; n < N; ++n)                                                    \
                     vt[n] = vb[n] + ((v_leak[n] - vb[n]) + (ieb[n] - iib[n])) * a_mem[n];          \
             } else {                                                                               \
@@ -109,9 +135,9 @@ void chip_lif_fwd_##SUF(int64_t T, int64_t B, int64_t N, const real *restrict x_
             }                                                                                      \
             if (keys && sigma_m != 0)                                                              \
                 for (int64_t n = 0; n < N; ++n) vt[n] = vt[n] + (real)nm[n] * sigma_m;             \
-            for (int64_t n = 0; n < N; ++n) ieb[n] = ieb[n] * keep_e[n] + x_exc[o + n];            \
-            if (x_inh)                                                                             \
-                for (int64_t n = 0; n < N; ++n) iib[n] = iib[n] * keep_i[n] + x_inh[o + n];        \
+            for (int64_t n = 0; n < N; ++n) ieb[n] = ieb[n] * keep_e[n] + x_e[n];                  \
+            if (has_inh)                                                                           \
+                for (int64_t n = 0; n < N; ++n) iib[n] = iib[n] * keep_i[n] + x_i[n];              \
             if (refractory) {                                                                      \
                 for (int64_t n = 0; n < N; ++n) {                                                  \
                     const int held = rb[n] > 0;                                                    \
