@@ -219,7 +219,7 @@ class _SpikeLinear(torch.autograd.Function):
         if g is None:
             return None, None, None, None
         g = g.reshape(-1, g.shape[-1])
-        g_x = (g @ weight).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
+        g_x = rows_matmul(g, weight).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
         g_w = None
         if ctx.needs_input_grad[1]:
             g_w = weight_grad(g, None, ctx.events).to(weight.dtype)
