@@ -14,7 +14,8 @@ from bss2_backend.kernels import native, paths
 from bss2_backend.kernels.chip_lif import ChipLIFConfig, ChipState, compiled
 from op_testing import TOL, compare
 
-pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+# the tests that run the compiled loop; the fallback test runs everywhere
+needs_cc = pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +59,7 @@ SHAPES = [(1, 1, 1), (63, 7, 5), (5, 3, 500), (20, 16, 246)]
 @pytest.mark.parametrize("spiking, quantise, inh", [
     (True, True, True), (True, False, False), (True, False, True), (False, True, True),
     (False, False, False)])
+@needs_cc
 def test_compiled_loop_equals_twin(T, B, N, dtype, spiking, quantise, inh):
     case = _case(T, B, N, dtype)
     config = ChipLIFConfig(spiking, quantise, 0.0, 0.0, 45.0, 64.0, 1, 50.0, False)
@@ -66,6 +68,7 @@ def test_compiled_loop_equals_twin(T, B, N, dtype, spiking, quantise, inh):
     compare(eager, comp, grads=tol, exact=[k for k in eager if not k.startswith("g")])
 
 
+@needs_cc
 @pytest.mark.parametrize("surrogate", range(8))
 def test_every_surrogate(surrogate):
     case = _case(12, 3, 40, torch.float64, seed=surrogate)
@@ -74,6 +77,7 @@ def test_every_surrogate(surrogate):
     compare(eager, comp, grads=TOL["float64"], exact=("z", "u"))
 
 
+@needs_cc
 @pytest.mark.parametrize("mirrored", (True, False))
 def test_continued_run_with_state_gradients(mirrored):
     """A run continued from a given state: the state's gradients too."""
@@ -91,6 +95,7 @@ def test_continued_run_with_state_gradients(mirrored):
     compare(eager, comp, grads=TOL["float64"], exact=("z", "u", "state_v", "state_ref"))
 
 
+@needs_cc
 def test_chip_layers_equal_the_twin():
     """A calibrated chip (mismatch, quantisation, two synaptic streams, refractory clamp) with
     noise off, as the layers call it."""
@@ -110,6 +115,7 @@ def test_chip_layers_equal_the_twin():
     compare(runs[0], runs[1], exact=("z", "u", "out"))
 
 
+@needs_cc
 @pytest.mark.parametrize("dtype, dyadic", [(torch.float32, True), (torch.float64, False)])
 @pytest.mark.parametrize("with_state", (False, True))
 def test_recurrent_forward_compiled_backward_twin(dtype, dyadic, with_state):
@@ -149,6 +155,7 @@ def test_recurrent_forward_compiled_backward_twin(dtype, dyadic, with_state):
         compare(runs[0], runs[1], values=TOL["float64"], grads=TOL["float64"], exact=("z",))
 
 
+@needs_cc
 def test_cold_build_is_cached_and_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("BSS2_CACHE_DIR", str(tmp_path))
     native.forget()
@@ -195,6 +202,7 @@ def test_loop_mode_is_validated():
         native.cpu_loop("fast")
 
 
+@needs_cc
 def test_reused_output_buffers_never_overwrite_a_held_result(monkeypatch):
     """backend.output hands a buffer out again only when nothing shares its storage: results a
     caller keeps (or autograd saved) survive later calls, and freed ones are reused."""
@@ -250,6 +258,7 @@ def _snn_run(mode, spec, T, S, dtype, need_params):
     (False, RESET_SUB, False), (False, RESET_ZERO, True), (False, RESET_ZERO, False),
     (False, RESET_NONE, False), (True, RESET_SUB, False), (True, RESET_ZERO, False),
     (True, RESET_NONE, False)])
+@needs_cc
 @pytest.mark.parametrize("T, S", [(1, (1,)), (63, (7, 5)), (9, (2, 3, 4))])
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
 def test_snn_neuron_compiled_loop_equals_twin_bit_for_bit(synaptic, reset, zero_before_decay, T, S,
