@@ -356,9 +356,11 @@ def _train(args):
     if args.json:
         print(json.dumps(result, default=str))
     else:
+        plotted = [os.path.basename(p) for p in result["plots"]]
+        plotted += ["confusion.png"] if "confusion_plot" in result else []
         print(f"test accuracy {result['test_accuracy']:.4f} after {result['epochs']} epochs "
               f"({dataset.name}, {chip.mismatch_label() if not chip.is_ideal else 'ideal'} chip, "
-              f"{device}); checkpoint, metrics.json, curves.png and activity.png in {out}")
+              f"{device}); {', '.join(['checkpoint.pt', 'metrics.json', *plotted])} in {out}")
     return 0
 
 
