@@ -1,11 +1,14 @@
 """Peers on the same device, in the same run: other SNN libraries running the Open Neuromorphic
-shape (kind "chip" workloads without readout: Linear N -> N + LIF, the C-* workloads), each an
-optional extra recorded as "not available" with the reason when it is absent.
+shape (kind "chip" workloads without readout: Linear N -> N + LIF, the C-* workloads) and, for
+SpikingJelly, the paper's network (A), each an optional extra recorded as "not available" with
+the reason when it is absent.
 
 Every peer runs the same network as the `snntorch` baseline there (SnnTorchNet: a bias-free
 Linear, then a leaky neuron with beta = 0.9, threshold 1, reset to zero), in float32 (under
 `--matmul-precision high` every library's Linear runs on TF32 alike), forward and backward:
-- spikingjelly: LIFNode(tau=10, decay_input=False, v_reset=0) in multi-step mode; SpikingJelly 2
+- spikingjelly: LIFNode(tau=10, decay_input=False, v_reset=0) in multi-step mode (on the paper's
+  network A also its synaptic filter and LI readout as non-firing LIFNodes, eager and under
+  torch.compile: SpikingJellyCubaNet); SpikingJelly 2
   picks its own kernels per device (Triton on CUDA). Its CuPy kernels need cupy, whose CUDA wheel
   (~100 MB) cannot travel to a lent GPU machine (no network there);
 - norse: LIFBoxCell (no synaptic current) with dt * tau_mem_inv = 0.1, the cell compiled with
@@ -62,6 +65,44 @@ class SpikingJellyNet(_Peer):
         from spikingjelly.activation_based import functional
         functional.reset_net(self.lif)
         return self.lif(self.currents(spikes)), None
+
+
+class SpikingJellyCubaNet(_Peer):
+    """The paper's network (workload A: Linear -> CUBA LIF -> Linear -> LI readout) in SpikingJelly,
+    multi-step. SpikingJelly has no two-state neuron: its LIFNode(decay_input=False) computes
+    v <- v (1 - 1/tau) + x, so a non-firing LIFNode is the synaptic filter and the readout's leaky
+    integrator, and the firing one the membrane, with alpha = beta = 0.9 (tau = 10) like stock."""
+
+    def __init__(self, w, compiled=False):
+        super().__init__(w)
+        from spikingjelly.activation_based import neuron, surrogate
+        tau = 1.0 / (1.0 - BETA)
+        never = 1e30     # a threshold no membrane reaches: an integrator that never fires
+
+        def integrator():
+            return neuron.LIFNode(tau=tau, decay_input=False, v_threshold=never, v_reset=None,
+                                  step_mode="m", store_v_seq=True)
+        self.syn, self.out_syn, self.out_mem = integrator(), integrator(), integrator()
+        self.lif = neuron.LIFNode(tau=tau, decay_input=False, v_threshold=1.0, v_reset=0.0,
+                                  surrogate_function=surrogate.Sigmoid(), step_mode="m")
+        self.fc_out = nn.Linear(w.n_hidden, w.n_out, bias=False)
+        self.run = torch.compile(self._run) if compiled else self._run
+
+    def weights(self):
+        return {"w_in": self.fc.weight, "w_out": self.fc_out.weight}
+
+    def _run(self, spikes):
+        self.syn(self.currents(spikes))
+        z = self.lif(self.syn.v_seq)
+        T, B = z.shape[:2]
+        self.out_syn(self.fc_out(z.reshape(T * B, -1)).reshape(T, B, -1))
+        self.out_mem(self.out_syn.v_seq)
+        return z, self.out_mem.v_seq
+
+    def forward(self, spikes):
+        from spikingjelly.activation_based import functional
+        functional.reset_net(self)
+        return self.run(spikes)
 
 
 class NorseNet(_Peer):
@@ -125,6 +166,14 @@ def peer_impls(Impl, stock_build):
     peers = (("spikingjelly", SpikingJellyNet, "spikingjelly"), ("norse+compile", NorseNet, "norse"),
              ("snntorch+compile", SnnTorchCompiledNet, "snntorch"))
     out = []
+    with_readout = lambda w: w.n_out > 0 and not w.recurrent
+    for name, compiled in (("spikingjelly", False), ("spikingjelly+compile", True)):
+        build = (lambda c: lambda w, d, dt=torch.float32:
+                 SpikingJellyCubaNet(w, compiled=c).to(d, dt))(compiled)
+        out.append(Impl(name, "chip", build,
+                        (lambda build: lambda w, device: spike_agreement(build, stock_build, w,
+                                                                         device))(build),
+                        lambda device: _missing("spikingjelly"), applies=with_readout))
     for name, cls, module in peers:
         build = (lambda cls: lambda w, d, dt=torch.float32: cls(w).to(d, dt))(cls)
         out.append(Impl(name, "chip", build,

@@ -150,3 +150,22 @@ def test_a_csv_from_before_the_precision_column_is_upgraded_when_appended_to(tmp
     assert [r["impl"] for r in written] == ["old", "new"]
     assert written[0]["precision"] == "" and written[0]["median_ms"] == "old"
     assert written[1]["precision"] == "fp32 matmul highest"
+
+
+def test_spikingjelly_peer_runs_the_paper_network_like_stock_snntorch():
+    """The SpikingJelly peer on workload A: outputs shaped like stock snntorch's, most spikes equal
+    on the same weights (update orders differ), a gradient for both weight matrices."""
+    pytest.importorskip("spikingjelly", reason="SpikingJelly is an optional peer, not installed")
+    from bss2_backend.bench.peers import SpikingJellyCubaNet
+    w = registry.get(["A"])[0].check_size()
+    peer, stock = SpikingJellyCubaNet(w), impls.SnnTorchNet(w)
+    with torch.no_grad():
+        peer.weights()["w_in"].copy_(stock.weights()["w_in"])
+        peer.weights()["w_out"].copy_(stock.weights()["w_out"])
+    x, _ = registry.make_inputs(w, "cpu", seed=4)
+    z, out = peer(x * 4.0)
+    z_ref, out_ref = stock(x * 4.0)
+    assert z.shape == z_ref.shape and out.shape == out_ref.shape
+    assert float((z == z_ref).float().mean()) > 0.8 and float(z.sum()) > 0
+    out.sum().backward()
+    assert all(p.grad is not None and bool(p.grad.ne(0).any()) for p in peer.weights().values())
