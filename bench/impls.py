@@ -208,16 +208,24 @@ def build_eager(w, device, dtype=torch.float32):
     return net.to(device=device, dtype=dtype)
 
 
+# snntorch weights are model-unit weights / (1 / (1 - beta)): stock's nn.Linear init, uniform in
+# +-1/sqrt(fan_in) snntorch units, is this gain times that in model units. With it our networks
+# start with the activity stock snntorch's has, so event paths are timed at a fair density.
+STOCK_GAIN = 1.0 / (1.0 - SNN_BETA)
+
+
 def _init_like_linear(net):
     with torch.no_grad():
         for weight in net.weights().values():
-            bound = 1.0 / weight.shape[1] ** 0.5
+            bound = STOCK_GAIN / weight.shape[1] ** 0.5
             weight.uniform_(-bound, bound)
 
 
 def build_chip(w, device, dtype=torch.float32, *, ideal, backend="auto", noise=True):
     chip = Chip.ideal(strict=w.strict) if ideal else Chip(seed=0, noise=noise, strict=w.strict)
-    return ChipNet(chip, w, backend).to(device=device, dtype=dtype)
+    net = ChipNet(chip, w, backend)
+    _init_like_linear(net)
+    return net.to(device=device, dtype=dtype)
 
 
 def triton_unavailable(device):
