@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from .kernels import backend as kernel_backend
+from .kernels.scoped import ScopedChoice
 from .kernels.chip_lif import NOMINAL_ROWS, PARAM_ROWS, ChipLIFConfig, chip_lif
 from .noise import MAX_NOISE_LSB
 from .parameters import LIFParams
@@ -147,21 +148,14 @@ def run(x_exc, x_inh, packed, config, seed, recurrence=None, backend="auto"):
     return execute(x_exc, x_inh, packed, config, seed, recurrence, backend)[:2]
 
 
-class recurrent_strategy:
+class recurrent_strategy(ScopedChoice):
     """Context manager (and setter) of how recurrent layers run: `with recurrent_strategy(
     "per_step"): ...` (RECURRENT_STRATEGIES; see the comment there)."""
+    choices, current = RECURRENT_STRATEGIES, _recurrent_strategy
 
-    def __init__(self, strategy):
-        check_choice("strategy", strategy, RECURRENT_STRATEGIES)
-        self.previous = _recurrent_strategy[0]
-        _recurrent_strategy[0] = strategy
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        _recurrent_strategy[0] = self.previous
-        return False
+    @classmethod
+    def check(cls, mode):
+        check_choice("strategy", mode, cls.choices)
 
 
 def _by_steps(impl, n):

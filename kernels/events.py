@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backend, native, paths
+from .scoped import ScopedChoice
 
 PRODUCTS = ("auto", "dense", "events")
 EVENTS_MAX_DENSITY = 0.05
@@ -39,22 +40,10 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _product = ["auto"]
 
 
-class product_path:
+class product_path(ScopedChoice):
     """Set (or, as a context manager, scope) how synaptic products run: PRODUCTS ("events" on a
     CUDA tensor is refused: finding events there synchronises the host)."""
-
-    def __init__(self, mode):
-        if mode not in PRODUCTS:
-            raise ValueError(f"product must be one of {PRODUCTS}, got {mode!r}")
-        self.previous = _product[0]
-        _product[0] = mode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        _product[0] = self.previous
-        return False
+    choices, label, current = PRODUCTS, "product", _product
 
 
 class Events(NamedTuple):

@@ -22,6 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from .scoped import ScopedChoice
+
 CPU_LOOPS = ("auto", "compiled", "eager")
 # no FMA contraction (bit-equality with the twin); the host's vector units (the cache key holds it)
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -35,21 +37,9 @@ class NativeNotice(UserWarning):
     """The compiled CPU loop is unavailable: the eager twin runs instead."""
 
 
-class cpu_loop:
+class cpu_loop(ScopedChoice):
     """Set (or, as a context manager, scope) which CPU time loop runs: CPU_LOOPS."""
-
-    def __init__(self, mode):
-        if mode not in CPU_LOOPS:
-            raise ValueError(f"cpu_loop must be one of {CPU_LOOPS}, got {mode!r}")
-        self.previous = _mode[0]
-        _mode[0] = mode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        _mode[0] = self.previous
-        return False
+    choices, label, current = CPU_LOOPS, "cpu_loop", _mode
 
 
 def current_mode():

@@ -58,15 +58,10 @@ def register(subparsers):
 
 
 def _one_line(fn, args):
-    """Run fn(args); the user's mistakes (bad files, graphs, chips) become one-line UserErrors."""
-    from ..placement import PlacementError
-    from .graph import NIRError
-    try:
-        return fn(args)
-    except (NIRError, PlacementError) as e:
-        raise UserError(str(e)) from None
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e)) from None
+    """Run fn(args); the user's mistakes (bad files, graphs, chips, checkpoints) become one-line
+    UserErrors (a NIRError is a ValueError)."""
+    from ..train.cli import one_line_errors
+    return one_line_errors(fn, also=(ValueError, TypeError))(args)
 
 
 def cmd_export(args):

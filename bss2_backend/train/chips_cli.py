@@ -9,7 +9,7 @@ import torch
 from pathlib import Path
 
 from ..cli import UserError, _mismatch_arg, folder_arg, integer, real
-from .cli import _chip, _common, _config, _logger, _user_errors, resolve_device
+from .cli import _chip, _common, _config, _logger, one_line_errors, resolve_device
 
 MAX_EVAL_CHIPS = 100_000
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -71,7 +71,7 @@ def register(subparsers):
     fa.add_argument("--repeats", type=integer(1, 1000), default=3,
                     help="failure draws per fraction (default 3)")
     fa.add_argument("--out", default="bss2-failure", metavar="DIR", type=folder_arg)
-    fa.set_defaults(func=cmd_failure, _user_errors=False, task="mnist", mismatch=None,
+    fa.set_defaults(func=one_line_errors(_failure), _user_errors=False, task="mnist", mismatch=None,
                     integration="auto", ideal=False, chips=1)
 
 
@@ -86,15 +86,8 @@ def register_sweep(subparsers):
     sw.add_argument("--regs", type=real(0.0), nargs="+", required=True, metavar="R",
                     help="regularisation strengths to train with (e.g. 0 1e-4 1e-3 1e-2 1e-1)")
     sw.add_argument("--out", default="bss2-sweep", metavar="DIR", type=folder_arg)
-    sw.set_defaults(func=cmd_sweep, _user_errors=False, task="mnist", mismatch=None,
+    sw.set_defaults(func=one_line_errors(_sweep), _user_errors=False, task="mnist", mismatch=None,
                     integration="auto", ideal=False, chips=1)
-
-
-def cmd_sweep(args):
-    try:
-        return _sweep(args)
-    except _user_errors() as e:
-        raise UserError(str(e)) from None
 
 
 def _sweep(args):
@@ -149,12 +142,7 @@ def _load_data(args, task):
 def cmd_eval(args):
     if not args.checkpoint:
         raise UserError("give --checkpoint CKPT [CKPT ...] or --nir FILE")
-    try:
-        return _eval(args)
-    except _user_errors() as e:
-        raise UserError(str(e)) from None
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e)) from None
+    return one_line_errors(_eval, also=(ValueError, TypeError))(args)
 
 
 def _eval(args):
@@ -242,13 +230,6 @@ def table(results):
         lines.append(f"{r['label'][:24]:24s} {r['training_chip_accuracy']:9.4f} {s['mean']:7.4f} "
                      f"{s['min']:7.4f} {s['p5']:7.4f} {s['max']:7.4f}")
     return "\n".join(lines)
-
-
-def cmd_failure(args):
-    try:
-        return _failure(args)
-    except _user_errors() as e:
-        raise UserError(str(e)) from None
 
 
 def _failure(args):

@@ -94,7 +94,7 @@ def register(subparsers):
     sc.add_argument("--out", default="bss2-selfcal", metavar="DIR", type=folder_arg,
                     help="selfcal.csv, selfcal.json and selfcal.png go here (default ./bss2-selfcal)")
     # chip_seed None: tells an explicit --chip-seed from the default, to refuse it with --chip-seeds
-    sc.set_defaults(func=cmd_selfcal, _user_errors=False, task="mnist", chip_seed=None)
+    sc.set_defaults(func=one_line_errors(_selfcal), _user_errors=False, task="mnist", chip_seed=None)
 
 
 def _common(p):
@@ -282,6 +282,16 @@ def _user_errors():
     return DataError, CheckpointError, OutputError, PlacementError, TooLargeError, FloatingPointError
 
 
+def one_line_errors(run, also=()):
+    """A command of `run(args)` whose user errors (and `also`) are one-line UserErrors."""
+    def command(args):
+        try:
+            return run(args)
+        except (*_user_errors(), *also) as e:
+            raise UserError(str(e)) from None
+    return command
+
+
 def cmd_train(args):
     import torch.distributed as dist
     try:
@@ -388,13 +398,6 @@ def _fsdd_report(cfg, model, dataset, args, device, out):
                          f"fsdd test, accuracy {float((pred == dataset.y_test).float().mean()):.3f}")
     return {"confusion": confusion.tolist(), "accuracy_per_speaker": per_speaker,
             "confusion_plot": str(out / "confusion.png")}
-
-
-def cmd_selfcal(args):
-    try:
-        return _selfcal(args)
-    except _user_errors() as e:
-        raise UserError(str(e)) from None
 
 
 def _selfcal(args):

@@ -65,9 +65,9 @@ def plot_selfcal(rows, path):
     from .selfcal import summary
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
+    stats = summary(rows)
     for key, marker, label in (("itl_accuracy", "o", "trained in the loop"),
                                ("transfer_accuracy", "s", "trained ideal, loaded on the chip")):
-        stats = summary(rows)
         line = ax.errorbar([r["sigma_d"] for r in stats], [r[f"{key}_mean"] for r in stats],
                            yerr=[r[f"{key}_std"] for r in stats], marker=marker, capsize=3,
                            label=label)
